@@ -1,0 +1,40 @@
+"""sinklens: visual attention sinks in large multimodal models.
+
+    import sinklens as sl
+    lm = sl.load("tiny-llava")
+    inputs = lm.prepare(image, "What is in the image?")
+    result = sl.NnsightRunner(lm).generate(inputs, [sl.FindSinks(), sl.VAR()])
+
+`import sinklens` imports neither nnsight nor TransformerLens; the backends load
+on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sinklens.errors import SinklensError
+from sinklens.interventions import VAR, FindSinks, Hook, RunContext
+from sinklens.models import LoadedModel, from_hf, load
+
+__all__ = [
+    "VAR",
+    "FindSinks",
+    "Hook",
+    "LoadedModel",
+    "NnsightRunner",
+    "RunContext",
+    "SinklensError",
+    "from_hf",
+    "load",
+]
+
+_LAZY = {"NnsightRunner": "sinklens.backends.nnsight_backend"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sinklens' has no attribute {name!r}")

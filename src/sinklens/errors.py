@@ -1,0 +1,45 @@
+"""Errors sinklens raises. Each one says what was observed and what to do about it.
+
+Every class derives from `SinklensError` and from the builtin type a caller would
+catch without knowing sinklens (`ValueError`, `KeyError`, ...).
+"""
+
+from __future__ import annotations
+
+
+class SinklensError(Exception):
+    """Base class of every error raised by sinklens."""
+
+
+class ParameterError(SinklensError, ValueError):
+    """A parameter is outside the range where it means something."""
+
+
+class ImageSpanError(SinklensError, ValueError):
+    """The prompt's image tokens are missing or disagree with the image."""
+
+
+class AttentionImplementationError(SinklensError, ValueError):
+    """The model computes attention without a pattern that can be hooked (sdpa, flash)."""
+
+
+class UnknownArchitectureError(SinklensError, KeyError):
+    """No hook catalogue file describes this model class."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class CatalogueError(SinklensError, ValueError):
+    """A hook catalogue file is malformed, or one of its paths does not resolve."""
+
+
+class HookNameError(SinklensError, KeyError):
+    """A hook name is not one of the TransformerLens-style names sinklens knows."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class SinkDimensionError(SinklensError, ValueError):
+    """No sink dimensions are known or given for the model."""

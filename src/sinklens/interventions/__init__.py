@@ -1,0 +1,7 @@
+"""Interventions: objects that return (hook name, function) pairs for one run."""
+
+from sinklens.interventions.base import Hook, Intervention, RunContext, ordered_hooks
+from sinklens.interventions.sinks import FindSinks
+from sinklens.interventions.var import VAR
+
+__all__ = ["VAR", "FindSinks", "Hook", "Intervention", "RunContext", "ordered_hooks"]

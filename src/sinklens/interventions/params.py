@@ -1,0 +1,28 @@
+"""Parameter checks shared by interventions: one message style, raised at construction."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from sinklens.errors import ParameterError
+
+Convention = Literal["paper", "released"]
+CONVENTIONS: tuple[str, ...] = ("paper", "released")
+
+
+def unit_interval(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ParameterError(f"{name} must be in [0, 1], got {value}")
+
+
+def positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ParameterError(f"{name} must be > 0, got {value}")
+
+
+def convention(value: str) -> None:
+    if value not in CONVENTIONS:
+        raise ParameterError(
+            f"convention must be 'paper' (the method as published, the default) or 'released' "
+            f"(the authors' code, SPEC section 5), got {value!r}"
+        )

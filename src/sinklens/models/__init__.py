@@ -1,0 +1,20 @@
+"""Load models and describe them: hook catalogue, image spans, patch grid, sink dimensions."""
+
+from sinklens.models.catalogue import HookCatalogue, catalogue_for, supported_architectures
+from sinklens.models.loading import BUILTINS, LoadedModel, from_hf, load
+from sinklens.models.sink_dims import KNOWN, SinkDims, known_sink_dims
+from sinklens.models.spans import ImageSpans
+
+__all__ = [
+    "BUILTINS",
+    "KNOWN",
+    "HookCatalogue",
+    "ImageSpans",
+    "LoadedModel",
+    "SinkDims",
+    "catalogue_for",
+    "from_hf",
+    "known_sink_dims",
+    "load",
+    "supported_architectures",
+]

@@ -1,0 +1,111 @@
+"""The hook catalogue: one TOML file per architecture family in `hooks/`.
+
+A file maps every TransformerLens-style hook name (see `sinklens.hook_points`)
+to the path where a backend finds it, and says where the image token id, the
+decoder layers and the patch grid come from. Code asks the catalogue; no module
+path is written anywhere else.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+from sinklens.errors import CatalogueError, UnknownArchitectureError
+from sinklens.hook_points import LAYER_POINTS, MODEL_POINTS, HookPoint
+
+_REQUIRED = ("architectures", "family", "image_token_field", "layers", "text_config_field", "grid")
+_GRID_RULES = ("square",)
+_PATH_END = re.compile(r"\.(input|output(\.\d+)?)$")
+
+
+def catalogue_dir() -> Path:
+    """`sinklens/hooks` inside an installed wheel, else `hooks/` of a source checkout."""
+    packaged = resources.files("sinklens") / "hooks"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    checkout = Path(__file__).resolve().parents[3] / "hooks"
+    if checkout.is_dir():
+        return checkout
+    raise CatalogueError(
+        f"no hook catalogue found in {packaged} or {checkout}; reinstall sinklens "
+        "(the wheel ships hooks/ as sinklens/hooks)."
+    )
+
+
+@dataclass(frozen=True)
+class HookCatalogue:
+    """What one catalogue file says about an architecture family."""
+
+    source: Path
+    architectures: tuple[str, ...]
+    family: str
+    image_token_field: str
+    layers: str
+    text_config_field: str
+    grid: str
+    nnsight: dict[str, str]
+
+    def nnsight_path(self, hook: HookPoint) -> str:
+        """The nnsight path of a hook point, with its layer filled in."""
+        template = self.nnsight[hook.point]
+        return template.format(layer=hook.layer) if hook.point in LAYER_POINTS else template
+
+    @classmethod
+    def from_file(cls, path: Path) -> HookCatalogue:
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise CatalogueError(f"{path} is not valid TOML: {e}") from e
+        missing = [key for key in _REQUIRED if key not in data]
+        if missing:
+            raise CatalogueError(f"{path} lacks {', '.join(missing)}; every catalogue file needs {', '.join(_REQUIRED)}")
+        if data["grid"] not in _GRID_RULES:
+            raise CatalogueError(f"{path}: grid rule {data['grid']!r} is not one of {_GRID_RULES}")
+        nnsight = dict(data.get("nnsight", {}))
+        known = set(LAYER_POINTS) | set(MODEL_POINTS)
+        unknown = sorted(set(nnsight) - known)
+        absent = sorted(known - set(nnsight))
+        if unknown or absent:
+            raise CatalogueError(
+                f"{path} [nnsight]: unknown keys {unknown}, missing keys {absent}; "
+                f"the keys are the hook points {sorted(known)}"
+            )
+        for point, template in nnsight.items():
+            if not _PATH_END.search(template):
+                raise CatalogueError(f"{path} [nnsight] {point}: {template!r} must end in .input, .output or .output.N")
+        return cls(
+            source=path,
+            architectures=tuple(data["architectures"]),
+            family=data["family"],
+            image_token_field=data["image_token_field"],
+            layers=data["layers"],
+            text_config_field=data["text_config_field"],
+            grid=data["grid"],
+            nnsight=nnsight,
+        )
+
+
+@cache
+def _all_catalogues(directory: Path) -> tuple[HookCatalogue, ...]:
+    return tuple(HookCatalogue.from_file(path) for path in sorted(directory.glob("*.toml")))
+
+
+def supported_architectures() -> list[str]:
+    """Every model class some catalogue file describes."""
+    return sorted(a for cat in _all_catalogues(catalogue_dir()) for a in cat.architectures)
+
+
+def catalogue_for(architecture: str) -> HookCatalogue:
+    """The catalogue that describes `architecture` (an HF model class name)."""
+    for cat in _all_catalogues(catalogue_dir()):
+        if architecture in cat.architectures:
+            return cat
+    raise UnknownArchitectureError(
+        f"no hook catalogue describes {architecture!r}. Supported: {', '.join(supported_architectures())}. "
+        f"To add one, write hooks/<family>.toml (copy hooks/llava.toml and change the paths) and a test in tests/."
+    )

@@ -1,0 +1,26 @@
+"""Pure torch functions on canonical layouts. No nnsight, no TransformerLens.
+
+Shapes are `[batch, head, query, key]` for attention and `[batch, pos, d_model]`
+for the residual stream; key sets are boolean masks `[batch, key]`.
+"""
+
+from sinklens.ops.contribution import attention_contribution, head_value_outputs
+from sinklens.ops.heads import image_centric, key_mass, mean_head_ratio, visual_nonsink_ratio
+from sinklens.ops.masking import mask_keys, visible_keys
+from sinklens.ops.redistribute import redistribute
+from sinklens.ops.sinks import dimension_magnitudes, sink_dimension_value, sink_mask
+
+__all__ = [
+    "attention_contribution",
+    "dimension_magnitudes",
+    "head_value_outputs",
+    "image_centric",
+    "key_mass",
+    "mask_keys",
+    "mean_head_ratio",
+    "redistribute",
+    "sink_dimension_value",
+    "sink_mask",
+    "visible_keys",
+    "visual_nonsink_ratio",
+]

@@ -1,0 +1,48 @@
+"""Sink dimensions and sink tokens: phi(x) = max_{d in D_sink} |x_d| / RMS(x).
+
+>>> import torch
+>>> x = torch.zeros(1, 3, 4); x[0, 0, 2] = 100.0; x[0, 1:] = 1.0
+>>> phi = sink_dimension_value(x, (2,))
+>>> [round(v, 2) for v in phi[0].tolist()]
+[2.0, 1.0, 1.0]
+>>> sink_mask(phi, tau=1.5).tolist()
+[[True, False, False]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from sinklens.ops._typing import Bool, Float
+from torch import Tensor
+
+RMS_EPS = 1e-6
+
+
+def dimension_magnitudes(
+    resid: Float[Tensor, "batch pos d_model"], eps: float = RMS_EPS
+) -> Float[Tensor, "batch pos d_model"]:
+    """|x_d| / RMS(x) for every dimension d: the hidden-state profile (SPEC section 1)."""
+    x = resid.float()
+    rms = x.pow(2).mean(-1, keepdim=True).add(eps).sqrt()
+    return x.abs() / rms
+
+
+def sink_dimension_value(
+    resid: Float[Tensor, "batch pos d_model"],
+    dims: Sequence[int],
+    eps: float = RMS_EPS,
+) -> Float[Tensor, "batch pos"]:
+    """phi(x): the largest |x_d| / RMS(x) over the sink dimensions, per token, in fp32."""
+    x = resid.float()
+    rms = x.pow(2).mean(-1).add(eps).sqrt()
+    index = torch.as_tensor(list(dims), device=x.device, dtype=torch.long)
+    return x.index_select(-1, index).abs().amax(-1) / rms
+
+
+def sink_mask(
+    phi: Float[Tensor, "batch pos"], tau: float, *, strict: bool = False
+) -> Bool[Tensor, "batch pos"]:
+    """Tokens whose phi reaches tau (the paper's `>=`; the released code's `>` with strict)."""
+    return phi > tau if strict else phi >= tau
