@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -36,6 +36,7 @@ class Hook:
         return parse(self.name)
 
 
+@runtime_checkable
 class Intervention(Protocol):
     """Anything that returns hooks for a run."""
 
