@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from sinklens.errors import ParameterError
 
-Convention = Literal["paper", "released"]
+# "paper" or "released"; a plain str so a wrong value reaches `convention()` and its message
+Convention = str
 CONVENTIONS: tuple[str, ...] = ("paper", "released")
 
 

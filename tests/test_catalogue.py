@@ -1,0 +1,117 @@
+"""Every hook path in hooks/ resolves on the installed transformers and means what its name says."""
+
+from __future__ import annotations
+
+import einops
+import pytest
+import torch
+
+from sinklens import Hook
+from sinklens.backends.nnsight_backend import make_context, run_hooks
+from sinklens.errors import CatalogueError, UnknownArchitectureError
+from sinklens.hook_points import LAYER_POINTS, block, parse
+from sinklens.interventions.base import ordered_hooks
+from sinklens.models.catalogue import HookCatalogue, catalogue_dir, catalogue_for, supported_architectures
+
+LAYER = 2
+
+
+class Capture:
+    """An intervention that only reads: keeps a clone of each hook point it names."""
+
+    def __init__(self, names):
+        self.names, self.seen = names, {}
+
+    def hooks(self, ctx):
+        return [Hook(name, lambda tensor, ctx, name=name: self.seen.__setitem__(name, tensor.clone())) for name in self.names]
+
+
+class Replace:
+    def __init__(self, name, fn):
+        self.name, self.fn = name, fn
+
+    def hooks(self, ctx):
+        return [Hook(self.name, lambda tensor, ctx: self.fn(tensor))]
+
+
+def run(runner, tiny, inputs, stack):
+    ctx = make_context(tiny, inputs)
+    model = runner.model
+    with torch.no_grad(), model.trace(**inputs):
+        run_hooks(model, tiny.catalogue, ordered_hooks(stack, ctx), ctx)
+        logits = model.output.logits.save()
+    return logits
+
+
+def test_every_point_reads_what_its_name_says(runner, tiny, inputs):
+    names = [block(LAYER, point) for point in LAYER_POINTS] + ["hook_logits"]
+    capture = Capture(names)
+    logits = run(runner, tiny, inputs, [capture])
+    seen = {parse(name).point: tensor for name, tensor in capture.seen.items()}
+    with torch.no_grad():
+        reference = tiny.model(**inputs, output_hidden_states=True)
+    attention = tiny.model.model.language_model.layers[LAYER].self_attn
+    n_heads = tiny.text_config.num_attention_heads
+
+    torch.testing.assert_close(seen["hook_resid_pre"], reference.hidden_states[LAYER], rtol=0, atol=0)
+    torch.testing.assert_close(seen["hook_resid_post"], reference.hidden_states[LAYER + 1], rtol=0, atol=0)
+    pattern = seen["attn.hook_pattern"]
+    torch.testing.assert_close(pattern.sum(-1), torch.ones_like(pattern.sum(-1)))
+    torch.testing.assert_close(pattern, seen["attn.hook_attn_scores"].softmax(-1))
+    value = einops.repeat(seen["attn.hook_v"], "b kv pos d -> b (kv g) pos d", g=n_heads // seen["attn.hook_v"].shape[1])
+    z = einops.rearrange(pattern @ value, "b head pos d -> b pos (head d)")
+    torch.testing.assert_close(seen["attn.hook_z"], z)
+    torch.testing.assert_close(seen["hook_attn_out"], attention.o_proj(seen["attn.hook_z"]))
+    torch.testing.assert_close(seen["hook_resid_mid"], seen["hook_resid_pre"] + seen["hook_attn_out"])
+    torch.testing.assert_close(seen["hook_logits"], reference.logits, rtol=0, atol=0)
+    torch.testing.assert_close(logits, reference.logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("point", LAYER_POINTS)
+def test_every_point_can_be_written(runner, tiny, inputs, point):
+    plain = run(runner, tiny, inputs, [])
+    edits = {
+        "attn.hook_attn_scores": lambda t: torch.zeros_like(t).masked_fill(t < torch.finfo(t.dtype).min / 2, float("-inf")),
+        "attn.hook_pattern": lambda t: torch.tril(torch.ones_like(t)) / torch.tril(torch.ones_like(t)).sum(-1, keepdim=True),
+    }
+    edited = run(runner, tiny, inputs, [Replace(block(LAYER, point), edits.get(point, lambda t: t * 0.5))])
+    assert not torch.allclose(plain, edited), f"writing {point} did not change the logits"
+
+
+def test_point_order_is_execution_order(runner, tiny, inputs):
+    # reading every point of two layers in catalogue order raises nothing in nnsight,
+    # which refuses reads the model has already run past
+    capture = Capture([block(layer, point) for layer in (1, 2) for point in reversed(LAYER_POINTS)])
+    run(runner, tiny, inputs, [capture])
+    assert len(capture.seen) == 2 * len(LAYER_POINTS)
+
+
+def test_catalogue_is_found_and_lists_llava():
+    assert (catalogue_dir() / "llava.toml").is_file()
+    assert "LlavaForConditionalGeneration" in supported_architectures()
+    assert catalogue_for("LlavaForConditionalGeneration").family == "llava"
+
+
+def test_unknown_architecture_names_the_supported_ones():
+    with pytest.raises(UnknownArchitectureError, match="LlavaForConditionalGeneration") as error:
+        catalogue_for("MadeUpForConditionalGeneration")
+    assert "hooks/" in str(error.value)
+
+
+def test_malformed_catalogue_files_fail_naming_the_file(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text('architectures = ["X"]\nfamily = "x"\n')
+    with pytest.raises(CatalogueError, match="broken.toml lacks"):
+        HookCatalogue.from_file(path)
+    good = (catalogue_dir() / "llava.toml").read_text()
+    path.write_text(good.replace('"hook_resid_pre" = ', '"hook_resid_prex" = '))
+    with pytest.raises(CatalogueError, match="unknown keys \\['hook_resid_prex'\\]"):
+        HookCatalogue.from_file(path)
+
+
+def test_a_path_that_does_not_resolve_says_which_hook_and_file(runner, tiny, inputs):
+    broken = HookCatalogue(**{**tiny.catalogue.__dict__, "nnsight": {**tiny.catalogue.nnsight, "hook_resid_pre": "model.language_model.floors.{layer}.input"}})
+    ctx = make_context(tiny, inputs)
+    with pytest.raises(CatalogueError, match="hook_resid_pre.*floors"):
+        with torch.no_grad(), runner.model.trace(**inputs):
+            run_hooks(runner.model, broken, ordered_hooks([Capture([block(0, "hook_resid_pre")])], ctx), ctx)
