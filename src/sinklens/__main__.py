@@ -1,0 +1,3 @@
+from sinklens.cli import main
+
+raise SystemExit(main())
