@@ -41,8 +41,10 @@ def redistribute(
     target_f = target.to(rows.dtype)[:, None, None, :]
     budget = (1.0 - keep) * key_mass(rows, sink)
     target_mass = key_mass(rows, target)
-    # clamp: a row with nothing on its targets would divide by zero; it is not moved
-    gain = budget / target_mass.clamp_min(torch.finfo(rows.dtype).tiny)
     moved = selected & (target_mass > 0)
-    scale = 1.0 + (keep - 1.0) * sink_f + gain[..., None] * target_f
-    return torch.where(moved[..., None], rows * scale, rows)
+    # each target's share of the target mass is at most 1, even when the mass is
+    # subnormal: dividing the budget by the mass instead could overflow or, clamped, lose it
+    safe_mass = torch.where(target_mass > 0, target_mass, 1.0)
+    share = rows * target_f / safe_mass[..., None]
+    edited = rows * (1.0 + (keep - 1.0) * sink_f) + budget[..., None] * share
+    return torch.where(moved[..., None], edited, rows)
