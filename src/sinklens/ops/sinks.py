@@ -35,6 +35,8 @@ def sink_dimension_value(
     eps: float = RMS_EPS,
 ) -> Float[Tensor, "batch pos"]:
     """phi(x): the largest |x_d| / RMS(x) over the sink dimensions, per token, in fp32."""
+    if len(dims) == 0:
+        raise ValueError("dims is empty: phi needs at least one sink dimension")
     x = resid.float()
     rms = x.pow(2).mean(-1).add(eps).sqrt()
     index = torch.as_tensor(list(dims), device=x.device, dtype=torch.long)
