@@ -49,6 +49,6 @@ class ImageSpans:
 
 def square_grid(config: object) -> tuple[int, int]:
     """(rows, cols) of the patch grid: image_size // patch_size on each side."""
-    vision = getattr(config, "vision_config")
+    vision = config.vision_config
     side = vision.image_size // vision.patch_size
     return side, side
