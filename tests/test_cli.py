@@ -12,7 +12,7 @@ from sinklens.cli import main
 @pytest.fixture(scope="module")
 def scene_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("scene") / "scene.png"
-    assert main(["draw-scene", "--out", str(path)]) == 0
+    assert main(["draw-scene", "--tiny", "--out", str(path)]) == 0
     return path
 
 
@@ -32,14 +32,14 @@ def test_run_writes_the_result(scene_path, tmp_path, capsys):
 
 
 def test_run_without_var_answers_once(scene_path, tmp_path):
-    assert main(["run", "--image", str(scene_path), "--prompt", "what colour ?", "--no-var",
+    assert main(["run", "--model", "tiny-llava", "--image", str(scene_path), "--prompt", "what colour ?", "--no-var",
                  "--max-new-tokens", "3", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["answer_var"] is None and result["n_image_centric"] is None
 
 
 def test_released_convention_and_explicit_dims(scene_path, tmp_path):
-    assert main(["run", "--image", str(scene_path), "--prompt", "what is there ?", "--convention", "released",
+    assert main(["run", "--model", "tiny-llava", "--image", str(scene_path), "--prompt", "what is there ?", "--convention", "released",
                  "--sink-dims", "7", "--tau", "15", "--max-new-tokens", "3", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "result.json").read_text())
     assert set(result["n_image_centric"]["per_layer"]) == {"2", "3", "4", "5"}  # the released code edits the last layer
@@ -54,11 +54,12 @@ def test_released_convention_and_explicit_dims(scene_path, tmp_path):
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(scene_path, tmp_path, capsys, extra, message):
-    args = ["run", "--image", str(scene_path), "--prompt", "what ?", "--out", str(tmp_path)] + extra
+    args = ["run", "--model", "tiny-llava", "--image", str(scene_path), "--prompt", "what ?", "--out", str(tmp_path)] + extra
     assert main(args) == 2
     assert message in capsys.readouterr().err
 
 
 def test_bad_sink_dims_are_an_argparse_error(scene_path, tmp_path):
     with pytest.raises(SystemExit):
-        main(["run", "--image", str(scene_path), "--prompt", "x", "--sink-dims", "a,b", "--out", str(tmp_path)])
+        main(["run", "--model", "tiny-llava", "--image", str(scene_path), "--prompt", "x", "--sink-dims", "a,b",
+              "--out", str(tmp_path)])

@@ -1,6 +1,11 @@
-"""Command line: `sinklens run` and `sinklens draw-scene`.
+"""Command line: `sinklens run`, `eval pope`, `discover-sink-dims` and `draw-scene`.
 
-    sinklens run --model tiny-llava --image scene.png --prompt "What is in the image?" --var --out out/
+    sinklens draw-scene --out scene.png
+    sinklens run --image scene.png --prompt "What is in the image?" --var --out out/
+    sinklens eval pope --split random --n 300 --var --out out/pope
+    sinklens discover-sink-dims --out out/dims
+
+The model defaults to toy-llava; `--model` takes a built-in name, a hub id or a local path.
 """
 
 from __future__ import annotations
@@ -23,27 +28,85 @@ def _dims(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"--sink-dims takes comma-separated integers, got {text!r}") from e
 
 
+def _add_model(command: argparse.ArgumentParser) -> None:
+    from sinklens.models.loading import DEFAULT_MODEL
+
+    command.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"built-in name, hub id or local path (default: {DEFAULT_MODEL})"
+    )
+
+
+def _add_stack(command: argparse.ArgumentParser, *, var_default: bool) -> None:
+    command.add_argument("--var", action=argparse.BooleanOptionalAction, default=var_default,
+                         help=f"apply VAR (default: {'on' if var_default else 'off'})")  # fmt: skip
+    threshold = command.add_mutually_exclusive_group()
+    threshold.add_argument("--tau", type=float, default=None,
+                           help="sink threshold on phi (default: the model's registered one, else 20)")  # fmt: skip
+    threshold.add_argument("--tau-fraction", type=float, default=None,
+                           help="sink threshold as a fraction of sqrt(d_model), phi's ceiling")  # fmt: skip
+    command.add_argument("--rho", type=float, default=0.8, help="image-centric threshold (default: 0.8)")
+    command.add_argument("--p", type=float, default=0.6, help="share of sink attention moved (default: 0.6)")
+    command.add_argument("--summ", type=float, default=0.2, help="minimum image attention of a head (default: 0.2)")
+    command.add_argument("--convention", choices=("paper", "released"), default="paper")
+    command.add_argument("--sink-dims", type=_dims, default=None, help="comma-separated; default: the model's known ones")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sinklens", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="find sinks and answer a question about an image, with and without VAR")
-    run.add_argument("--model", default="tiny-llava", help="built-in name, hub id or local path (default: tiny-llava)")
+    _add_model(run)
     run.add_argument("--image", required=True, type=Path)
     run.add_argument("--prompt", required=True, help="the question about the image")
-    run.add_argument("--var", action=argparse.BooleanOptionalAction, default=True, help="also answer with VAR (default: on)")
-    run.add_argument("--tau", type=float, default=20.0, help="sink threshold on phi (default: 20)")
-    run.add_argument("--rho", type=float, default=0.8, help="image-centric threshold (default: 0.8)")
-    run.add_argument("--p", type=float, default=0.6, help="share of sink attention moved (default: 0.6)")
-    run.add_argument("--summ", type=float, default=0.2, help="minimum image attention of a head (default: 0.2)")
-    run.add_argument("--convention", choices=("paper", "released"), default="paper")
-    run.add_argument("--sink-dims", type=_dims, default=None, help="comma-separated; default: the model's known ones")
+    _add_stack(run, var_default=True)
     run.add_argument("--max-new-tokens", type=int, default=16)
     run.add_argument("--out", required=True, type=Path, help="folder for result.json")
 
-    scene = commands.add_parser("draw-scene", help="draw the demo scene (a PNG) for tiny-llava")
+    evaluate = commands.add_parser("eval", help="evaluate on a benchmark")
+    benchmarks = evaluate.add_subparsers(dest="benchmark", required=True)
+    pope = benchmarks.add_parser("pope", help="POPE-style yes/no object probing on held-out synthetic scenes")
+    _add_model(pope)
+    pope.add_argument("--split", choices=("random", "popular", "adversarial"), default="random")
+    pope.add_argument("--n", type=int, default=300, help="number of questions (default: 300)")
+    _add_stack(pope, var_default=False)
+    pope.add_argument("--max-new-tokens", type=int, default=3)
+    pope.add_argument("--restart", action="store_true", help="discard a previous run in --out instead of resuming it")
+    pope.add_argument("--out", required=True, type=Path, help="folder for pope.jsonl (one line per example) and pope.json")
+
+    discover = commands.add_parser("discover-sink-dims", help="find the sink dimensions of a model from data")
+    _add_model(discover)
+    discover.add_argument("--prompts", type=int, default=8, help="number of scene prompts (default: 8)")
+    threshold = discover.add_mutually_exclusive_group()
+    threshold.add_argument("--threshold", type=float, default=None, help="absolute threshold on |x_d|/RMS(x)")
+    threshold.add_argument("--threshold-fraction", type=float, default=20 / 64,
+                           help="threshold as a fraction of sqrt(d_model) (default: 20/64, the paper's 20 at width 4096)")  # fmt: skip
+    discover.add_argument("--first-layer", type=int, default=2)
+    discover.add_argument("--out", required=True, type=Path, help="folder for sink_dims.json and sink_dims.png")
+
+    scene = commands.add_parser("draw-scene", help="draw a synthetic scene (a PNG) and print its caption")
+    scene.add_argument("--split", choices=("train", "heldout"), default="heldout")
+    scene.add_argument("--index", type=int, default=0)
+    scene.add_argument("--tiny", action="store_true", help="draw tiny-llava's planted-sink demo scene instead")
     scene.add_argument("--out", required=True, type=Path)
     return parser
+
+
+def _stack(args: argparse.Namespace, *, with_var: bool) -> list[Any]:
+    from sinklens.interventions import VAR, FindSinks
+
+    find = FindSinks(dims=args.sink_dims, tau=args.tau, tau_fraction=args.tau_fraction, convention=args.convention)
+    var = VAR(p=args.p, rho=args.rho, summ=args.summ, convention=args.convention)
+    return [find, var] if with_var else [find]
+
+
+def _params(args: argparse.Namespace, lm: Any, find: Any) -> dict[str, Any]:
+    return {
+        "tau": round(find.threshold(lm.d_model, lm.default_tau), 4),
+        "tau_rule": "--tau" if args.tau is not None else "--tau-fraction" if args.tau_fraction is not None
+        else "model default" if lm.default_tau is not None else "paper (20)",
+        "rho": args.rho, "p": args.p, "summ": args.summ, "convention": args.convention,
+    }  # fmt: skip
 
 
 def _sink_positions(ctx: Any) -> dict[str, dict[str, list[int]]]:
@@ -69,12 +132,10 @@ def run(args: argparse.Namespace) -> Path:
     from PIL import Image
 
     from sinklens.backends.nnsight_backend import NnsightRunner
-    from sinklens.interventions import VAR, FindSinks
     from sinklens.models import load
 
     started = time.perf_counter()
-    find = FindSinks(dims=args.sink_dims, tau=args.tau, convention=args.convention)
-    var = VAR(p=args.p, rho=args.rho, summ=args.summ, convention=args.convention)
+    find, var = _stack(args, with_var=True)
     if not args.image.is_file():
         raise FileNotFoundError(f"--image {args.image} does not exist; draw one with `sinklens draw-scene --out PATH`")
     lm = load(args.model)
@@ -88,7 +149,7 @@ def run(args: argparse.Namespace) -> Path:
         "image": str(args.image),
         "sink_dims": list(args.sink_dims or lm.sink_dims or ()),
         "sink_dims_source": "--sink-dims" if args.sink_dims else lm.sink_dims_source,
-        "params": {"tau": args.tau, "rho": args.rho, "p": args.p, "summ": args.summ, "convention": args.convention},
+        "params": _params(args, lm, find),
         "n_image_tokens": int(base.ctx.image.mask.sum()),
         "sinks": _sink_positions(base.ctx),
         "n_image_centric": _image_centric_counts(edited.ctx) if edited else None,
@@ -102,6 +163,37 @@ def run(args: argparse.Namespace) -> Path:
     return path
 
 
+def eval_pope(args: argparse.Namespace) -> dict[str, Any]:
+    from sinklens.backends.nnsight_backend import NnsightRunner
+    from sinklens.eval import pope
+    from sinklens.models import load
+
+    stack = _stack(args, with_var=args.var)  # check parameters before loading anything
+    if args.restart:
+        pope.restart(args.out)
+    lm = load(args.model)
+    return pope.evaluate_pope(
+        lm, NnsightRunner(lm), split=args.split, n=args.n, out=args.out, interventions=stack,
+        max_new_tokens=args.max_new_tokens, settings={"params": _params(args, lm, stack[0])},
+    )  # fmt: skip
+
+
+def discover_sink_dims(args: argparse.Namespace) -> dict[str, Any]:
+    from sinklens.backends.nnsight_backend import NnsightRunner
+    from sinklens.eval.discovery import discover, plot_discovery
+    from sinklens.models import load
+
+    lm = load(args.model)
+    result = discover(
+        lm, NnsightRunner(lm), n_prompts=args.prompts, threshold=args.threshold,
+        threshold_fraction=args.threshold_fraction, first_layer=args.first_layer,
+    )  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "sink_dims.json").write_text(json.dumps(result, indent=1) + "\n")
+    plot_discovery(result, args.out / "sink_dims.png")
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -112,11 +204,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             if result["answer_var"] is not None:
                 print(f"answer with VAR:    {result['answer_var']!r}")
             print(f"result written to {path}")
+        elif args.command == "eval":
+            result = eval_pope(args)
+            print(json.dumps({k: result[k] for k in ("accuracy", "precision", "recall", "f1", "yes_ratio", "n")}))
+            print(f"metrics written to {args.out / 'pope.json'}")
+        elif args.command == "discover-sink-dims":
+            result = discover_sink_dims(args)
+            print(f"sink dimensions of {result['model']}: {result['sink_dims']} (threshold {result['threshold']})")
+            print(f"evidence written to {args.out / 'sink_dims.json'}")
         elif args.command == "draw-scene":
-            from sinklens.models.tiny import draw_scene
-
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            draw_scene().save(args.out)
+            if args.tiny:
+                from sinklens.models.tiny import draw_scene
+
+                draw_scene().save(args.out)
+            else:
+                from sinklens.data.scenes import scene
+
+                drawn = scene(args.split, args.index)
+                drawn.image().save(args.out)
+                print(drawn.caption())
             print(f"scene written to {args.out}")
     except (SinklensError, FileNotFoundError) as e:
         print(f"sinklens: error: {e}", file=sys.stderr)

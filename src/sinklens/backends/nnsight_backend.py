@@ -59,6 +59,8 @@ def make_context(loaded: LoadedModel, inputs: Mapping[str, Tensor]) -> RunContex
         attention_mask=attention_mask.bool(),
         n_layers=loaded.n_layers,
         sink_dims=loaded.sink_dims,
+        d_model=loaded.d_model,
+        default_tau=loaded.default_tau,
     )
 
 

@@ -57,6 +57,8 @@ class RunContext:
     attention_mask: Bool[Tensor, "batch pos"]
     n_layers: int
     sink_dims: tuple[int, ...] | None = None
+    d_model: int | None = None
+    default_tau: float | None = None  # the model's default sink threshold (absolute), if it has one
     step: int = 0
     sinks: dict[int, Tensor] = field(default_factory=dict)
     phi: dict[int, Tensor] = field(default_factory=dict)

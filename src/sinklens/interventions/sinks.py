@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -9,10 +10,12 @@ from functools import partial
 from torch import Tensor
 
 from sinklens import ops
-from sinklens.errors import SinkDimensionError
+from sinklens.errors import ParameterError, SinkDimensionError
 from sinklens.hook_points import block
 from sinklens.interventions import params
 from sinklens.interventions.base import Hook, RunContext, resolve_layers
+
+PAPER_TAU = 20.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -22,15 +25,31 @@ class FindSinks:
     Writes `ctx.phi[l]` (fp32, `[batch, pos]`) and `ctx.sinks[l]` (bool), which
     VAR and the analysis interventions read. `dims` defaults to the model's
     known sink dimensions. The released convention compares strictly (`phi > tau`).
+
+    The threshold is `tau` (absolute) or `tau_fraction` of phi's ceiling
+    sqrt(d_model) (phi <= sqrt(d_model) for any vector, so an absolute tau means
+    different things at different widths: the paper's 20 is 0.31 of LLaMA-2-7B's
+    ceiling of 64, but 0.83 of SmolLM2-135M's 24). With neither, the model's
+    registered default applies (see `sinklens.models.sink_dims`), else tau = 20.
     """
 
     dims: Sequence[int] | None = None
-    tau: float = 20.0
+    tau: float | None = None
+    tau_fraction: float | None = None
     layers: Sequence[int] | None = None
     convention: params.Convention = "paper"
 
     def __post_init__(self) -> None:
-        params.positive("tau", self.tau)
+        if self.tau is not None and self.tau_fraction is not None:
+            raise ParameterError("give tau (absolute) or tau_fraction (of sqrt(d_model)), not both")
+        if self.tau is not None:
+            params.positive("tau", self.tau)
+        if self.tau_fraction is not None:
+            params.positive("tau_fraction", self.tau_fraction)
+            if self.tau_fraction >= 1:
+                raise ParameterError(
+                    f"tau_fraction must be < 1 (phi never exceeds sqrt(d_model)), got {self.tau_fraction}"
+                )
         params.convention(self.convention)
         if self.dims is not None and len(self.dims) == 0:
             raise SinkDimensionError(
@@ -44,9 +63,24 @@ class FindSinks:
                 "no sink dimensions are known for this model. Pass FindSinks(dims=[...]) or discover them "
                 "with `sinklens discover-sink-dims --model NAME` (sinklens.ops.discover_sink_dims)."
             )
-        fn = partial(_find_sinks, dims=dims, tau=self.tau, strict=self.convention == "released")
+        fn = partial(_find_sinks, dims=dims, tau=self.threshold(ctx.d_model, ctx.default_tau), strict=self.convention == "released")
         layers = resolve_layers(self.layers, ctx.n_layers, range(ctx.n_layers))
         return [Hook(block(layer, "hook_resid_pre"), partial(fn, layer=layer), prefill_only=True) for layer in layers]
+
+
+    def threshold(self, d_model: int | None, default_tau: float | None = None) -> float:
+        """The absolute tau for a model of width `d_model` whose registered default is `default_tau`."""
+        if self.tau_fraction is not None:
+            if d_model is None:
+                raise ParameterError("tau_fraction needs the model width; the run context has no d_model")
+            return self.tau_fraction * math.sqrt(d_model)
+        tau = self.tau if self.tau is not None else default_tau if default_tau is not None else PAPER_TAU
+        if d_model is not None and tau >= math.sqrt(d_model):
+            raise ParameterError(
+                f"tau = {tau:g} can never be reached: phi is at most sqrt(d_model) = {math.sqrt(d_model):.1f} "
+                f"for this model. Use a smaller tau or tau_fraction (the paper's 20 at width 4096 is 0.31)."
+            )
+        return tau
 
 
 def _find_sinks(resid: Tensor, ctx: RunContext, *, layer: int, dims: tuple[int, ...], tau: float, strict: bool) -> None:

@@ -14,10 +14,13 @@ from sinklens.models.catalogue import HookCatalogue, catalogue_for
 from sinklens.models.sink_dims import known_sink_dims
 from sinklens.models.spans import ImageSpans, square_grid
 from sinklens.models.tiny import build_tiny_llava
+from sinklens.models.toy_llava import load_toy_llava
 
 BUILTINS: dict[str, Callable[[], tuple[Any, Any]]] = {
-    "tiny-llava": build_tiny_llava,
+    "tiny-llava": build_tiny_llava,  # random weights with planted sinks: tests of the mechanics
+    "toy-llava": load_toy_llava,  # SmolLM2 + DINOv2 with a trained projector: the default model
 }
+DEFAULT_MODEL = "toy-llava"
 
 
 @dataclass
@@ -30,6 +33,11 @@ class LoadedModel:
     catalogue: HookCatalogue
     sink_dims: tuple[int, ...] | None = None
     sink_dims_source: str | None = None
+    default_tau: float | None = None  # the registered sink threshold for this model, if any
+
+    @property
+    def d_model(self) -> int:
+        return self.text_config.hidden_size
 
     @property
     def config(self) -> Any:
@@ -112,6 +120,7 @@ def from_hf(model: Any, processor: Any, *, name: str | None = None) -> LoadedMod
         catalogue=catalogue,
         sink_dims=known.dims if known else None,
         sink_dims_source=known.source if known else None,
+        default_tau=known.tau if known else None,
     )
 
 

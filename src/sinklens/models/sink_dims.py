@@ -12,8 +12,12 @@ from sinklens.models.tiny import TINY_SINK_DIM
 
 @dataclass(frozen=True)
 class SinkDims:
+    """Known sink dimensions; `tau` is the model's default sink threshold when it is not the paper's 20."""
+
     dims: tuple[int, ...]
     source: str
+    tau: float | None = None
+    tau_reason: str | None = None
 
 
 KNOWN: dict[str, SinkDims] = {

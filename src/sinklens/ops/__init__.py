@@ -5,6 +5,7 @@ for the residual stream; key sets are boolean masks `[batch, key]`.
 """
 
 from sinklens.ops.contribution import attention_contribution, head_value_outputs
+from sinklens.ops.discovery import discover_sink_dims, massive_layers
 from sinklens.ops.heads import image_centric, key_mass, mean_head_ratio, visual_nonsink_ratio
 from sinklens.ops.masking import mask_keys, visible_keys
 from sinklens.ops.redistribute import redistribute
@@ -13,10 +14,12 @@ from sinklens.ops.sinks import dimension_magnitudes, sink_dimension_value, sink_
 __all__ = [
     "attention_contribution",
     "dimension_magnitudes",
+    "discover_sink_dims",
     "head_value_outputs",
     "image_centric",
     "key_mass",
     "mask_keys",
+    "massive_layers",
     "mean_head_ratio",
     "redistribute",
     "sink_dimension_value",

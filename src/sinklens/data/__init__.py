@@ -1,0 +1,1 @@
+"""Synthetic scenes, their questions, and a POPE-style benchmark (no downloads; seeded)."""

@@ -1,0 +1,1 @@
+"""Measurements over many prompts, through the public API: POPE, sink-dimension discovery."""

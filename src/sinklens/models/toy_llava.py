@@ -1,0 +1,171 @@
+"""toy-llava: a `LlavaForConditionalGeneration` from real pretrained parts, trained here.
+
+- language model: SmolLM2-135M-Instruct (30 layers, width 576, 9 heads, 3 KV heads);
+- vision tower: DINOv2-S/14 (12 layers, width 384), its penultimate layer's patch tokens;
+- projector: LLaVA-1.5's two-layer MLP (384 -> 576 -> 576, GELU), trained on synthetic
+  scenes by `studies/train_toy_llava.py`; the weights ship in `sinklens/weights/`.
+
+The prompt follows SmolLM2's chat format with a system turn first, so the image
+sits after a system prompt (as in LLaVA-1.5) and not right after the first token::
+
+    <|im_start|>system\\n{SYSTEM}<|im_end|>\\n<|im_start|>user\\n<image>\\n{question}<|im_end|>\\n<|im_start|>assistant\\n
+
+Loading reads the converted parts from the cache (see `parts.py`) and takes a few
+seconds after the first time.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sinklens.models import parts
+
+IMAGE_SIZE = 140  # 10 x 10 patches of 14 px: 100 image tokens
+PATCH_SIZE = 14
+IMAGE_TOKEN = "<image>"
+SYSTEM = "You are a helpful assistant. You look at an image and answer questions about it."
+CHAT_TEMPLATE = (
+    "{{ '<|im_start|>system\\n" + SYSTEM + "<|im_end|>\\n' }}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<image>\\n' }}{% else %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+PROJECTOR_FILE = "toy_llava_projector.safetensors"
+
+
+def projector_path() -> Path:
+    """The trained projector shipped with sinklens."""
+    return Path(str(resources.files("sinklens") / "weights" / PROJECTOR_FILE))
+
+
+def toy_llava_processor(tokenizer: Any) -> Any:
+    """A `LlavaProcessor`: DINOv2 preprocessing at `IMAGE_SIZE` px and SmolLM2's tokenizer with `<image>`."""
+    from transformers import BitImageProcessorPil, LlavaProcessor
+
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    tokenizer.padding_side = "left"
+    image_processor = BitImageProcessorPil(
+        do_resize=True,
+        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        do_center_crop=False,
+        do_normalize=True,
+        image_mean=list(parts.IMAGENET_MEAN),
+        image_std=list(parts.IMAGENET_STD),
+        do_convert_rgb=True,
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # DINOv2's class token, dropped by the "default" strategy
+        chat_template=CHAT_TEMPLATE,
+        image_token=IMAGE_TOKEN,
+    )
+
+
+def toy_llava_config(text_config: Any, vision_config: Any, image_token_id: int) -> Any:
+    from transformers import LlavaConfig
+
+    text = text_config.to_dict()
+    text["vocab_size"] = image_token_id + 1
+    return LlavaConfig(
+        vision_config=vision_config.to_dict() | {"model_type": "dinov2"},
+        text_config=text,
+        image_token_id=image_token_id,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        projector_hidden_act="gelu",
+        tie_word_embeddings=True,
+    )
+
+
+def load_toy_llava(*, progress: bool = True) -> tuple[Any, Any]:
+    """The built-in toy-llava (shipped projector, eager attention), assembled once and cached.
+
+    The first call converts the parts (see `parts.py`) and saves the assembled model
+    under the cache, keyed by the projector's hash; later calls read that folder.
+    """
+    import hashlib
+
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    weights = projector_path()
+    if not weights.is_file():
+        raise parts.MissingPartError(
+            f"the trained projector {weights} is missing; reinstall sinklens, or train one with "
+            "`python studies/train_toy_llava.py --out DIR`"
+        )
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    directory = parts.cache_root() / f"toy-llava-{digest}-v{parts.FORMAT}"
+    if not (directory / "config.json").is_file():
+        model, processor = build_toy_llava(projector=weights, progress=progress)
+        tmp = directory.with_name(directory.name + ".tmp")
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        if directory.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        else:
+            tmp.replace(directory)
+        return model, processor
+    model = LlavaForConditionalGeneration.from_pretrained(directory, dtype=torch.float32, attn_implementation="eager")
+    processor = AutoProcessor.from_pretrained(directory)
+    return model.eval(), processor
+
+
+def build_toy_llava(
+    *, projector: Path | None | bool = True, attn_implementation: str = "eager", progress: bool = True
+) -> tuple[Any, Any]:
+    """(model, processor) in fp32 on the CPU.
+
+    `projector=True` loads the shipped trained projector, a path loads another one,
+    and `None`/`False` keeps a freshly initialised one (for training).
+    """
+    from transformers import LlavaForConditionalGeneration
+
+    lm_state, text_config, tokenizer = parts.smollm2(progress=progress)
+    vision_state, vision_config = parts.dinov2()
+    processor = toy_llava_processor(tokenizer)
+    image_token_id = processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    config = toy_llava_config(text_config, vision_config, image_token_id)
+    config._attn_implementation = attn_implementation
+    config.text_config._attn_implementation = attn_implementation
+    config.vision_config._attn_implementation = "sdpa" if attn_implementation != "eager" else "eager"
+
+    generator = torch.random.get_rng_state()
+    torch.manual_seed(0)  # the projector's initialisation, for training runs
+    model = LlavaForConditionalGeneration(config)
+    torch.random.set_rng_state(generator)
+
+    embeddings = lm_state.pop("model.embed_tokens.weight")
+    # the <image> row is never looked up (image features replace it); give it the mean embedding
+    lm_state["model.embed_tokens.weight"] = torch.cat([embeddings, embeddings.mean(0, keepdim=True)])
+    state = {key.replace("model.", "model.language_model.", 1): value for key, value in lm_state.items()}
+    state |= {f"model.vision_tower.{key}": value for key, value in vision_state.items()}
+    if projector is True:
+        projector = projector_path()
+    if projector:
+        from safetensors.torch import load_file
+
+        state |= {f"model.multi_modal_projector.{k}": v for k, v in load_file(projector).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    expected_missing = {"lm_head.weight"} | (
+        set() if projector else {k for k in model.state_dict() if k.startswith("model.multi_modal_projector.")}
+    )
+    if set(missing) - expected_missing or unexpected:
+        raise RuntimeError(f"toy-llava weights do not fit: missing {sorted(set(missing) - expected_missing)}, unexpected {unexpected}")
+    model.tie_weights()
+    return model.eval(), processor
