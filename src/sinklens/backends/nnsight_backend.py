@@ -59,6 +59,7 @@ def make_context(loaded: LoadedModel, inputs: Mapping[str, Tensor]) -> RunContex
         attention_mask=attention_mask.bool(),
         n_layers=loaded.n_layers,
         sink_dims=loaded.sink_dims,
+        model_name=loaded.name,
     )
 
 
