@@ -43,3 +43,7 @@ class HookNameError(SinklensError, KeyError):
 
 class SinkDimensionError(SinklensError, ValueError):
     """No sink dimensions are known or given for the model."""
+
+
+class MissingDependencyError(SinklensError, ImportError):
+    """An optional package a feature needs is not installed."""

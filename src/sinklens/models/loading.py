@@ -8,7 +8,6 @@ layer; sinklens moves its masks there.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,8 +15,14 @@ from typing import Any
 import torch
 from PIL import Image
 
-from sinklens.errors import AttentionImplementationError, ParameterError, UnknownArchitectureError
+from sinklens.errors import (
+    AttentionImplementationError,
+    MissingDependencyError,
+    ParameterError,
+    UnknownArchitectureError,
+)
 from sinklens.models.catalogue import HookCatalogue, catalogue_for
+from sinklens.models.processors import load_processor
 from sinklens.models.sink_dims import known_sink_dims
 from sinklens.models.spans import ImageSpans, image_spans, square_grid
 from sinklens.models.tiny import build_tiny_llava
@@ -168,11 +173,13 @@ def from_hf(model: Any, processor: Any, *, name: str | None = None) -> LoadedMod
 
 
 def _require_accelerate() -> None:
-    if importlib.util.find_spec("accelerate") is None:
-        raise ParameterError(
+    try:
+        import accelerate  # noqa: F401
+    except ImportError as e:
+        raise MissingDependencyError(
             "device_map needs the accelerate package, which is not installed: pip install accelerate "
             "(or leave device_map=None and pass device=...)."
-        )
+        ) from e
 
 
 def _dispatch(model: Any, device_map: str | Mapping[str, Any], offload_dir: str | None) -> Any:
@@ -229,5 +236,5 @@ def load(
     )
     if device_map is None:
         model = model.to(device or "cpu")
-    processor = transformers.AutoProcessor.from_pretrained(name_or_path)
+    processor = load_processor(name_or_path, config.model_type)
     return from_hf(model, processor, name=name_or_path)

@@ -14,13 +14,15 @@ four shuffled patches are white. A white 28 x 28 block aligned on a tile's
 token grid is one visual sink.
 
 transformers 5 wants a video processor in the InternVL processor, and its video
-processors need torchvision; the tiny processor handles images only.
+processors need torchvision; the tiny processor handles images only
+(`sinklens.models.processors.image_only`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from sinklens.models.processors import image_only
 from sinklens.models.tiny import TINY_SINK_DIM, tiny_tokenizer
 from sinklens.models.tiny_shared import (
     brightness_channel,
@@ -47,17 +49,10 @@ TOKENS_PER_TILE = (TILE // PATCH // 2) ** 2
 def tiny_internvl_processor() -> Any:
     from transformers import GotOcr2ImageProcessorPil, InternVLProcessor
 
-    def __init__(self, image_processor=None, tokenizer=None, image_seq_length=256, chat_template=None, **kwargs):
-        InternVLProcessor.__init__(
-            self, image_processor, tokenizer, None, image_seq_length=image_seq_length, chat_template=chat_template
-        )
-
-    # the parent passes (image, tokenizer, video); ProcessorMixin keeps the two this signature names
-    image_only = type("ImageOnlyInternVLProcessor", (InternVLProcessor,), {"__init__": __init__})
     image_processor = GotOcr2ImageProcessorPil(
         size={"height": TILE, "width": TILE}, crop_to_patches=True, min_patches=1, max_patches=4
     )
-    return image_only(
+    return image_only(InternVLProcessor)(
         image_processor=image_processor,
         tokenizer=tiny_tokenizer(INTERNVL_TOKENS),
         image_seq_length=TOKENS_PER_TILE,

@@ -13,13 +13,15 @@ four merged patches are white. A white 28 x 28 block aligned on the merge grid
 is one visual sink.
 
 transformers 5 wants a video processor in every Qwen2-VL processor, and its
-video processors need torchvision; the tiny processors handle images only.
+video processors need torchvision; the tiny processors handle images only
+(`sinklens.models.processors.image_only`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from sinklens.models.processors import image_only
 from sinklens.models.tiny import TINY_SINK_DIM, tiny_tokenizer
 from sinklens.models.tiny_shared import (
     brightness_channel,
@@ -44,16 +46,6 @@ QWEN_TOKENS = {
 IMAGE_MARKUP = "<|vision_start|><|image_pad|><|vision_end|>"
 
 
-def _image_only(processor_class: type) -> type:
-    """A subclass of a Qwen-VL processor whose only sub-processors are the image processor and tokenizer."""
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        # the parent passes (image, tokenizer, video); ProcessorMixin keeps the two this signature names
-        processor_class.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-
-    return type(f"ImageOnly{processor_class.__name__}", (processor_class,), {"__init__": __init__})
-
-
 def tiny_qwen_processor(processor_class: type) -> Any:
     from transformers import Qwen2VLImageProcessorPil
 
@@ -63,7 +55,7 @@ def tiny_qwen_processor(processor_class: type) -> Any:
         merge_size=MERGE,
         temporal_patch_size=2,
     )
-    return _image_only(processor_class)(
+    return image_only(processor_class)(
         image_processor=image_processor,
         tokenizer=tiny_tokenizer(QWEN_TOKENS),
         chat_template=chat_template(IMAGE_MARKUP),
