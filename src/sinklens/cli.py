@@ -28,8 +28,15 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="find sinks and answer a question about an image, with and without VAR")
-    run.add_argument("--model", default="tiny-llava", help="built-in name, hub id or local path (default: tiny-llava)")
-    run.add_argument("--image", required=True, type=Path)
+    run.add_argument(
+        "--model", default="tiny-llava",
+        help="built-in name (tiny-llava, tiny-llava-next, tiny-qwen2-vl, tiny-qwen2.5-vl, tiny-internvl), "
+        "hub id or local path (default: tiny-llava)",
+    )
+    run.add_argument(
+        "--image", required=True, type=Path, action="append",
+        help="the image; repeat for several images in one prompt (shown in order)",
+    )
     run.add_argument("--prompt", required=True, help="the question about the image")
     run.add_argument("--var", action=argparse.BooleanOptionalAction, default=True, help="also answer with VAR (default: on)")
     run.add_argument("--tau", type=float, default=20.0, help="sink threshold on phi (default: 20)")
@@ -41,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-new-tokens", type=int, default=16)
     run.add_argument("--out", required=True, type=Path, help="folder for result.json")
 
-    scene = commands.add_parser("draw-scene", help="draw the demo scene (a PNG) for tiny-llava")
+    scene = commands.add_parser("draw-scene", help="draw the demo scene (a PNG) of a tiny built-in")
+    scene.add_argument("--model", default="tiny-llava", help="the built-in whose planted sinks the scene shows")
     scene.add_argument("--out", required=True, type=Path)
     return parser
 
@@ -56,6 +64,18 @@ def _sink_positions(ctx: Any) -> dict[str, dict[str, list[int]]]:
             "text": (found & ~image).nonzero().flatten().tolist(),
         }
     return table
+
+
+def _image_grids(ctx: Any) -> list[dict[str, Any]]:
+    """Per image of the prompt: its span, each tile's (rows, cols) and its image-newline positions."""
+    return [
+        {
+            "span": [image.start, image.stop],
+            "tiles": {tile.name: list(tile.positions.shape) for tile in image.tiles},
+            "newlines": list(image.newlines),
+        }
+        for image in ctx.image.images_of(0)
+    ]
 
 
 def _image_centric_counts(ctx: Any) -> dict[str, Any]:
@@ -75,21 +95,23 @@ def run(args: argparse.Namespace) -> Path:
     started = time.perf_counter()
     find = FindSinks(dims=args.sink_dims, tau=args.tau, convention=args.convention)
     var = VAR(p=args.p, rho=args.rho, summ=args.summ, convention=args.convention)
-    if not args.image.is_file():
-        raise FileNotFoundError(f"--image {args.image} does not exist; draw one with `sinklens draw-scene --out PATH`")
+    for path in args.image:
+        if not path.is_file():
+            raise FileNotFoundError(f"--image {path} does not exist; draw one with `sinklens draw-scene --out PATH`")
     lm = load(args.model)
     runner = NnsightRunner(lm)
-    inputs = lm.prepare(Image.open(args.image), args.prompt)
+    inputs = lm.prepare([Image.open(path) for path in args.image], args.prompt)
     base = runner.generate(inputs, [find], max_new_tokens=args.max_new_tokens)
     edited = runner.generate(inputs, [find, var], max_new_tokens=args.max_new_tokens) if args.var else None
     result = {
         "model": lm.name,
         "prompt": args.prompt,
-        "image": str(args.image),
+        "image": [str(path) for path in args.image],
         "sink_dims": list(args.sink_dims or lm.sink_dims or ()),
         "sink_dims_source": "--sink-dims" if args.sink_dims else lm.sink_dims_source,
         "params": {"tau": args.tau, "rho": args.rho, "p": args.p, "summ": args.summ, "convention": args.convention},
         "n_image_tokens": int(base.ctx.image.mask.sum()),
+        "image_grids": _image_grids(base.ctx),
         "sinks": _sink_positions(base.ctx),
         "n_image_centric": _image_centric_counts(edited.ctx) if edited else None,
         "answer_base": base.texts[0],
@@ -113,10 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"answer with VAR:    {result['answer_var']!r}")
             print(f"result written to {path}")
         elif args.command == "draw-scene":
-            from sinklens.models.tiny import draw_scene
+            from sinklens.models.loading import demo_scene
 
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            draw_scene().save(args.out)
+            demo_scene(args.model).save(args.out)
             print(f"scene written to {args.out}")
     except (SinklensError, FileNotFoundError) as e:
         print(f"sinklens: error: {e}", file=sys.stderr)
