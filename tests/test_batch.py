@@ -70,3 +70,23 @@ def test_each_example_of_a_batch_equals_it_alone_with_var(name):
         for layer in (2, 4):
             assert together.ctx.sinks[layer][index, -n:].tolist() == alone.ctx.sinks[layer][0].tolist()
         assert generated.tokens[index] == alone_generated.tokens[0]
+
+
+def test_prepare_batch_pads_on_the_left_whatever_the_tokenizer_says():
+    from sinklens.models import load
+
+    lm = load("tiny-llava")
+    lm.processor.tokenizer.padding_side = "right"
+    inputs = lm.prepare_batch(examples("tiny-llava")[:3])
+    assert inputs["attention_mask"][:, -1].all() and not inputs["attention_mask"][:, 0].all()
+
+
+def test_a_right_padded_batch_is_refused_with_the_fix():
+    from sinklens.errors import PaddingError
+
+    lm = loaded("tiny-llava")
+    texts = [lm.prompt(1, question) for _, question in examples("tiny-llava")[2:]]
+    images = [image for image, _ in examples("tiny-llava")[2:]]
+    inputs = lm.processor(images=images, text=texts, padding=True, padding_side="right", return_tensors="pt")
+    with pytest.raises(PaddingError, match=r"prompt\(s\) \[0\] .* padded on the right. Pad on the left"):
+        lm.check_inputs(inputs)

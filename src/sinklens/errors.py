@@ -47,3 +47,7 @@ class SinkDimensionError(SinklensError, ValueError):
 
 class MissingDependencyError(SinklensError, ImportError):
     """An optional package a feature needs is not installed."""
+
+
+class PaddingError(SinklensError, ValueError):
+    """A batch is padded on the right; sinklens and generation need left padding."""

@@ -18,6 +18,7 @@ from PIL import Image
 from sinklens.errors import (
     AttentionImplementationError,
     MissingDependencyError,
+    PaddingError,
     ParameterError,
     UnknownArchitectureError,
 )
@@ -138,6 +139,15 @@ class LoadedModel:
 
     def check_inputs(self, inputs: Mapping[str, torch.Tensor]) -> ImageSpans:
         """The image spans and grids of `inputs`, after checking they agree with the images given."""
+        attention_mask = inputs.get("attention_mask")
+        if attention_mask is not None:
+            # a 0 after a 1 in a row: padding on the right, where generation would continue after the padding
+            right = (attention_mask[:, 1:] < attention_mask[:, :-1]).any(-1).nonzero().flatten().tolist()
+            if right:
+                raise PaddingError(
+                    f"prompt(s) {right} of the batch are padded on the right. Pad on the left "
+                    "(LoadedModel.prepare_batch does, or pass padding_side='left' to the processor)."
+                )
         return image_spans(self.catalogue.grid, self.config, inputs, self.image_token_id)
 
     def decode(self, token_ids: torch.Tensor) -> str:
