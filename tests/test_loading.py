@@ -1,14 +1,20 @@
-"""Checkpoints on disk go through the same loading code as hub ids."""
+"""Checkpoints on disk go through the same loading code as hub ids; processors without torchvision; device maps."""
 
 from __future__ import annotations
+
+import json
+import sys
 
 import pytest
 import torch
 
 from sinklens import VAR, FindSinks, load
 from sinklens.backends.nnsight_backend import NnsightRunner
-from sinklens.errors import SinkDimensionError
+from sinklens.errors import MissingDependencyError, ParameterError, SinkDimensionError
+from sinklens.models.loading import BUILTINS, demo_scene
 from sinklens.models.tiny import TINY_SINK_DIM, build_tiny_llava
+
+from conftest import NEW_ARCHS, demo_inputs, loaded
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +45,6 @@ def test_unknown_checkpoint_needs_sink_dims_then_runs_with_them(checkpoint, inpu
 
 
 # --- every architecture from disk, processors without torchvision, device maps ---------------------------
-
-import json  # noqa: E402
-import sys  # noqa: E402
-
-from sinklens.errors import MissingDependencyError, ParameterError  # noqa: E402
-from sinklens.models.loading import BUILTINS, demo_scene  # noqa: E402
-
-from conftest import NEW_ARCHS, demo_inputs, loaded  # noqa: E402
 
 STACK = [FindSinks(dims=(TINY_SINK_DIM,)), VAR()]
 

@@ -98,7 +98,7 @@ def test_tile_gather_arranges_values_on_the_grid():
 
 def test_a_qwen_image_has_no_fixed_grid():
     with pytest.raises(ValueError, match="check_inputs"):
-        loaded("tiny-qwen2-vl").grid
+        _ = loaded("tiny-qwen2-vl").grid
 
 
 # --- bad inputs ----------------------------------------------------------------------------------------------

@@ -63,49 +63,50 @@ def tiny_qwen_processor(processor_class: type) -> Any:
 
 
 def _text_config(tokenizer: Any) -> dict[str, Any]:
-    return dict(
-        vocab_size=vocab_size(tokenizer),
-        hidden_size=512,  # phi is at most sqrt(d_model): 22.6 here, so tau = 20 is reachable
-        intermediate_size=1024,
-        num_hidden_layers=6,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
+    return {
+        "vocab_size": vocab_size(tokenizer),
+        "hidden_size": 512,  # phi is at most sqrt(d_model): 22.6 here, so tau = 20 is reachable
+        "intermediate_size": 1024,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
         # head_dim 64: 32 rotary frequencies split over (temporal, height, width)
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12]},
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12]},
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
 
 
 def _token_ids(tokenizer: Any) -> dict[str, int]:
-    return dict(
-        image_token_id=tokenizer.image_token_id,
-        video_token_id=tokenizer.video_token_id,
-        vision_start_token_id=tokenizer.convert_tokens_to_ids(QWEN_TOKENS["vision_start_token"]),
-        vision_end_token_id=tokenizer.convert_tokens_to_ids(QWEN_TOKENS["vision_end_token"]),
-    )
+    return {
+        "image_token_id": tokenizer.image_token_id,
+        "video_token_id": tokenizer.video_token_id,
+        "vision_start_token_id": tokenizer.convert_tokens_to_ids(QWEN_TOKENS["vision_start_token"]),
+        "vision_end_token_id": tokenizer.convert_tokens_to_ids(QWEN_TOKENS["vision_end_token"]),
+    }
 
 
 def tiny_qwen2_vl_config(tokenizer: Any):
     from transformers import Qwen2VLConfig
 
-    vision = dict(
-        depth=2, embed_dim=VISION_WIDTH, hidden_size=512, num_heads=2, mlp_ratio=2,
-        patch_size=PATCH, spatial_merge_size=MERGE, temporal_patch_size=2,
-    )
+    vision = {
+        "depth": 2, "embed_dim": VISION_WIDTH, "hidden_size": 512, "num_heads": 2, "mlp_ratio": 2,
+        "patch_size": PATCH, "spatial_merge_size": MERGE, "temporal_patch_size": 2,
+    }
     return Qwen2VLConfig(text_config=_text_config(tokenizer), vision_config=vision, **_token_ids(tokenizer))
 
 
 def tiny_qwen2_5_vl_config(tokenizer: Any):
     from transformers import Qwen2_5_VLConfig
 
-    vision = dict(
-        depth=2, hidden_size=VISION_WIDTH, intermediate_size=64, num_heads=2, out_hidden_size=512,
-        patch_size=PATCH, spatial_merge_size=MERGE, temporal_patch_size=2,
-        window_size=56, fullatt_block_indexes=[1],  # block 0 attends in 56 px windows, block 1 globally
-    )
+    vision = {
+        "depth": 2, "hidden_size": VISION_WIDTH, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 512,
+        "patch_size": PATCH, "spatial_merge_size": MERGE, "temporal_patch_size": 2,
+        # block 0 attends within 56 px windows, block 1 globally
+        "window_size": 56, "fullatt_block_indexes": [1],
+    }
     return Qwen2_5_VLConfig(text_config=_text_config(tokenizer), vision_config=vision, **_token_ids(tokenizer))
 
 
