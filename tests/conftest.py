@@ -2,19 +2,63 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cache
+
 import pytest
 import torch
 
 from sinklens.models import load
+from sinklens.models.loading import demo_scene
 from sinklens.models.tiny import draw_scene
 
 QUESTION = "What is in the image?"
 
 
+@dataclass(frozen=True)
+class Arch:
+    """A tiny built-in and the visual sinks its planted weights make on its demo scene."""
+
+    name: str
+    visual_sinks: tuple[tuple[str, int, int], ...]  # (tile name, row, col) of each white block
+
+
+# Every tiny checkpoint the tests use, in one place.
+ARCHS = {
+    arch.name: arch
+    for arch in (
+        Arch("tiny-llava", (("image", 0, 0), ("image", 2, 2))),
+        Arch("tiny-llava-next", (("base", 0, 1), ("base", 3, 4), ("tiles", 0, 2), ("tiles", 0, 3), ("tiles", 3, 8), ("tiles", 3, 9))),
+        Arch("tiny-qwen2-vl", (("image", 0, 0), ("image", 2, 1))),
+        Arch("tiny-qwen2.5-vl", (("image", 0, 0), ("image", 2, 1))),
+        Arch("tiny-internvl", (("tile 0", 0, 0), ("tile 1", 2, 1))),
+    )
+}
+NEW_ARCHS = [name for name in ARCHS if name != "tiny-llava"]
+
+
+@cache
+def loaded(name: str):
+    """A built-in, loaded once per session."""
+    return load(name)
+
+
+@cache
+def runner_for(name: str):
+    from sinklens.backends.nnsight_backend import NnsightRunner
+
+    return NnsightRunner(loaded(name))
+
+
+@cache
+def demo_inputs(name: str):
+    return loaded(name).prepare(demo_scene(name), QUESTION)
+
+
 @pytest.fixture(scope="session")
 def tiny():
     """tiny-llava with planted sinks (BOS and the two white patches of draw_scene)."""
-    return load("tiny-llava")
+    return loaded("tiny-llava")
 
 
 @pytest.fixture(scope="session")
@@ -29,9 +73,7 @@ def inputs(tiny, scene):
 
 @pytest.fixture(scope="session")
 def runner(tiny):
-    from sinklens.backends.nnsight_backend import NnsightRunner
-
-    return NnsightRunner(tiny)
+    return runner_for("tiny-llava")
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:

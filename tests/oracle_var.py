@@ -2,9 +2,16 @@
 
 Registered through transformers' public `AttentionInterface` and used by a
 second, identically built tiny model, so the oracle shares no code with
-sinklens' ops, interventions or nnsight backend. Arithmetic is in Python floats
-(double precision), one (batch, head, query) row at a time, straight from
-SPEC sections 1-3 and 5.
+sinklens' ops, interventions, spans or nnsight backend. Arithmetic is in Python
+floats (double precision), one (batch, head, query) row at a time, straight
+from SPEC sections 1-3 and 5.
+
+It handles GQA (key/value heads repeated to the query heads), batches with left
+padding (padding is never a sink, each example has its own image tokens, sinks
+and first text query) and multimodal rotary positions (Qwen2-VL computes them
+outside attention, so the attention here is unchanged). The image tokens are
+read off the model itself: the placeholder positions of the input ids, less the
+positions where the language model receives LLaVA-NeXT's image-newline vector.
 """
 
 from __future__ import annotations
@@ -20,64 +27,89 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 @dataclass
 class OracleVAR:
     dims: tuple[int, ...]
-    image_positions: list[int]
+    input_ids: list[list[int]]
+    attention_mask: list[list[int]]
+    image_token_id: int
     tau: float = 20.0
     p: float = 0.6
     rho: float = 0.8
     summ: float = 0.2
     convention: str = "paper"
     layers: tuple[int, ...] = ()
-    sinks: dict[int, list[int]] = field(default_factory=dict)
+    image_positions: list[list[int]] = field(default_factory=list)
+    first_query: list[int] = field(default_factory=list)
+    sinks: dict[int, list[list[int]]] = field(default_factory=dict)
     n_selected: int = 0
+
+    # -- the image tokens of each example, from what the language model receives on the prompt
+    def read_images(self, inputs_embeds: torch.Tensor, newline: torch.Tensor | None) -> None:
+        if inputs_embeds.shape[1] == 1:  # a decoding step
+            return
+        self.image_positions, self.first_query = [], []
+        for b, ids in enumerate(self.input_ids):
+            region = [j for j, token in enumerate(ids) if token == self.image_token_id]
+            if newline is not None:
+                region_newlines = {j for j in region if torch.equal(inputs_embeds[b, j], newline)}
+            else:
+                region_newlines = set()
+            self.image_positions.append([j for j in region if j not in region_newlines])
+            self.first_query.append(max(region) + 1)
 
     # -- sinks, from the residual stream entering each layer, on the prompt only
     def find_sinks(self, layer: int, hidden: torch.Tensor) -> None:
         if hidden.shape[1] == 1:  # a decoding step: keep the prompt's sink sets
             return
-        found = []
-        for j, x in enumerate(hidden[0].tolist()):
-            rms = math.sqrt(sum(v * v for v in x) / len(x) + 1e-6)
-            phi = max(abs(x[d]) for d in self.dims) / rms
-            if (phi > self.tau) if self.convention == "released" else (phi >= self.tau):
-                found.append(j)
-        self.sinks[layer] = found
+        self.sinks[layer] = []
+        for b, rows in enumerate(hidden.tolist()):
+            found = []
+            for j, x in enumerate(rows):
+                if not self.attention_mask[b][j]:
+                    continue  # padding is never a sink
+                rms = math.sqrt(sum(v * v for v in x) / len(x) + 1e-6)
+                phi = max(abs(x[d]) for d in self.dims) / rms
+                if (phi > self.tau) if self.convention == "released" else (phi >= self.tau):
+                    found.append(j)
+            self.sinks[layer].append(found)
 
     # -- the edit of one attention pattern, row by row
     def edit(self, layer: int, probs: torch.Tensor) -> torch.Tensor:
         if layer not in self.layers:
             return probs
-        released = self.convention == "released"
-        sink = set(self.sinks[layer])
-        image = set(self.image_positions)
-        n_queries, n_keys = probs.shape[-2:]
-        prefill = n_queries > 1
-        first_query = max(self.image_positions) + 1 if prefill else 0
-        visual_sinks = sink & image
         out = probs.clone()
-        for h in range(probs.shape[1]):
-            for i in range(first_query, n_queries):
-                row = probs[0, h, i].tolist()
-                s = sum(row[j] for j in image)
-                nonsink = sum(row[j] for j in image - sink)
-                denominator = s + 1e-6 * len(image) if released else s
-                r = nonsink / denominator if denominator > 0 else 0.0
-                centric = (1 - r) <= self.rho if released else r >= self.rho
-                if not (s >= self.summ and centric):
-                    continue
-                if released and not visual_sinks:
-                    continue
-                if nonsink <= 0:
-                    continue
-                keep = self.p if released else 1 - self.p
-                budget = (1 - keep) * sum(row[j] for j in sink)
-                new = list(row)
-                for j in sink:
-                    new[j] = keep * row[j]
-                for j in image - sink:
-                    new[j] = row[j] + budget * row[j] / nonsink
-                self.n_selected += 1
-                out[0, h, i] = torch.tensor(new, dtype=probs.dtype)
+        n_queries = probs.shape[-2]
+        for b in range(probs.shape[0]):
+            first = self.first_query[b] if n_queries > 1 else 0
+            for h in range(probs.shape[1]):
+                for i in range(first, n_queries):
+                    new = self.edit_row(layer, b, probs[b, h, i].tolist())
+                    if new is not None:
+                        out[b, h, i] = torch.tensor(new, dtype=probs.dtype)
         return out
+
+    def edit_row(self, layer: int, b: int, row: list[float]) -> list[float] | None:
+        released = self.convention == "released"
+        sink = set(self.sinks[layer][b])
+        image = set(self.image_positions[b])
+        s = sum(row[j] for j in image)
+        nonsink = sum(row[j] for j in image - sink)
+        denominator = s + 1e-6 * len(image) if released else s
+        r = nonsink / denominator if denominator > 0 else 0.0
+        centric = (1 - r) <= self.rho if released else r >= self.rho
+        if not (s >= self.summ and centric):
+            return None
+        if released and not sink & image:
+            return None
+        if nonsink <= 0:
+            return None
+        keep = self.p if released else 1 - self.p
+        budget = (1 - keep) * sum(row[j] for j in sink)
+        new = list(row)
+        for j in sink:
+            new[j] = keep * row[j]
+        for j in image - sink:
+            new[j] = row[j] + budget * row[j] / nonsink
+        self.n_selected += 1
+        return new
 
 
 def oracle_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
@@ -101,8 +133,15 @@ AttentionMaskInterface.register("sinklens_oracle", eager_mask)
 
 def install(model, oracle: OracleVAR) -> None:
     """Make `model`'s language model run the oracle (the vision tower stays eager)."""
-    model.config.text_config._attn_implementation = "sinklens_oracle"
-    for layer_index, layer in enumerate(model.model.language_model.layers):
+    language_model = model.model.language_model
+    language_model.config._attn_implementation = "sinklens_oracle"
+    newline = getattr(model.model, "image_newline", None)
+
+    def read(module, args, kwargs):
+        oracle.read_images(kwargs["inputs_embeds"], None if newline is None else newline.detach())
+
+    language_model.register_forward_pre_hook(read, with_kwargs=True)
+    for layer_index, layer in enumerate(language_model.layers):
         layer.self_attn._sinklens_oracle = oracle
 
         def find(module, args, kwargs, layer_index=layer_index):

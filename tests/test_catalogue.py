@@ -13,7 +13,10 @@ from sinklens.hook_points import LAYER_POINTS, block, parse
 from sinklens.interventions.base import ordered_hooks
 from sinklens.models.catalogue import HookCatalogue, catalogue_dir, catalogue_for, supported_architectures
 
+from conftest import ARCHS, demo_inputs, loaded, runner_for
+
 LAYER = 2
+ARCH_NAMES = list(ARCHS)
 
 
 class Capture:
@@ -43,7 +46,9 @@ def run(runner, tiny, inputs, stack):
     return logits
 
 
-def test_every_point_reads_what_its_name_says(runner, tiny, inputs):
+@pytest.mark.parametrize("name", ARCH_NAMES)
+def test_every_point_reads_what_its_name_says(name):
+    runner, tiny, inputs = runner_for(name), loaded(name), demo_inputs(name)
     names = [block(LAYER, point) for point in LAYER_POINTS] + ["hook_logits"]
     capture = Capture(names)
     logits = run(runner, tiny, inputs, [capture])
@@ -67,8 +72,10 @@ def test_every_point_reads_what_its_name_says(runner, tiny, inputs):
     torch.testing.assert_close(logits, reference.logits, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name", ARCH_NAMES)
 @pytest.mark.parametrize("point", LAYER_POINTS)
-def test_every_point_can_be_written(runner, tiny, inputs, point):
+def test_every_point_can_be_written(name, point):
+    runner, tiny, inputs = runner_for(name), loaded(name), demo_inputs(name)
     plain = run(runner, tiny, inputs, [])
     edits = {
         "attn.hook_attn_scores": lambda t: torch.zeros_like(t).masked_fill(t < torch.finfo(t.dtype).min / 2, float("-inf")),
@@ -78,7 +85,9 @@ def test_every_point_can_be_written(runner, tiny, inputs, point):
     assert not torch.allclose(plain, edited), f"writing {point} did not change the logits"
 
 
-def test_point_order_is_execution_order(runner, tiny, inputs):
+@pytest.mark.parametrize("name", ARCH_NAMES)
+def test_point_order_is_execution_order(name):
+    runner, tiny, inputs = runner_for(name), loaded(name), demo_inputs(name)
     # reading every point of two layers in catalogue order raises nothing in nnsight,
     # which refuses reads the model has already run past
     capture = Capture([block(layer, point) for layer in (1, 2) for point in reversed(LAYER_POINTS)])
@@ -90,6 +99,15 @@ def test_catalogue_is_found_and_lists_llava():
     assert (catalogue_dir() / "llava.toml").is_file()
     assert "LlavaForConditionalGeneration" in supported_architectures()
     assert catalogue_for("LlavaForConditionalGeneration").family == "llava"
+
+
+def test_every_catalogue_file_is_exercised_by_a_tiny_built_in():
+    """Each architecture of every hooks/*.toml has a tiny built-in that the behaviour tests above run."""
+    built = {type(loaded(name).model).__name__ for name in ARCHS}
+    assert set(supported_architectures()) == built
+    files = {path.stem for path in catalogue_dir().glob("*.toml")}
+    assert files == {"llava", "llava_next", "qwen2_vl", "internvl"}
+    assert {loaded(name).catalogue.source.stem for name in ARCHS} == files
 
 
 def test_unknown_architecture_names_the_supported_ones():

@@ -12,7 +12,7 @@ from sinklens.cli import main
 @pytest.fixture(scope="module")
 def scene_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("scene") / "scene.png"
-    assert main(["draw-scene", "--tiny", "--out", str(path)]) == 0
+    assert main(["draw-scene", "--model", "tiny-llava", "--out", str(path)]) == 0
     return path
 
 
@@ -63,3 +63,51 @@ def test_bad_sink_dims_are_an_argparse_error(scene_path, tmp_path):
     with pytest.raises(SystemExit):
         main(["run", "--model", "tiny-llava", "--image", str(scene_path), "--prompt", "x", "--sink-dims", "a,b",
               "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize("name", ["tiny-llava-next", "tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-internvl"])
+def test_run_on_every_architecture(name, tmp_path):
+    scene = tmp_path / "scene.png"
+    assert main(["draw-scene", "--model", name, "--out", str(scene)]) == 0
+    assert main(["run", "--model", name, "--image", str(scene), "--prompt", "What is in the image?", "--var",
+                 "--max-new-tokens", "4", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["model"] == name and result["sink_dims"] == [7]
+    assert result["sinks"]["2"]["text"] == [0] and len(result["sinks"]["2"]["visual"]) >= 2
+    assert result["n_image_centric"]["total"] > 0
+    (grid,) = result["image_grids"]
+    assert result["n_image_tokens"] == sum(rows * cols for rows, cols in grid["tiles"].values())
+
+
+def test_several_images_in_one_prompt(tmp_path):
+    scene = tmp_path / "scene.png"
+    assert main(["draw-scene", "--model", "tiny-qwen2-vl", "--out", str(scene)]) == 0
+    assert main(["run", "--model", "tiny-qwen2-vl", "--image", str(scene), "--image", str(scene), "--prompt",
+                 "what is in the two images ?", "--max-new-tokens", "2", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "result.json").read_text())
+    first, second = result["image_grids"]
+    assert first["tiles"] == second["tiles"] == {"image": [4, 4]} and first["span"][1] < second["span"][0]
+    assert len(result["sinks"]["2"]["visual"]) == 4  # two white blocks in each image
+
+
+def test_an_unsupported_architecture_exits_2_naming_the_supported_ones(tmp_path, capsys, scene_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2)).save_pretrained(tmp_path / "llama")
+    assert main(["run", "--model", str(tmp_path / "llama"), "--image", str(scene_path), "--prompt", "x",
+                 "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "LlamaForCausalLM" in error and "Qwen2VLForConditionalGeneration" in error and "Adding an architecture" in error
+
+
+def test_a_checkpoint_without_known_sink_dims_exits_2_saying_how_to_find_them(tmp_path, capsys, scene_path):
+    from sinklens.models.tiny_next import build_tiny_llava_next
+
+    model, processor = build_tiny_llava_next()
+    model.save_pretrained(tmp_path / "next")
+    processor.save_pretrained(tmp_path / "next")
+    assert main(["run", "--model", str(tmp_path / "next"), "--image", str(scene_path), "--prompt", "x",
+                 "--max-new-tokens", "2", "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "no sink dimensions are known" in error and "discover-sink-dims" in error and "--sink-dims" in error

@@ -54,8 +54,13 @@ def test_unknown_architecture_is_refused_naming_the_supported_ones():
 
     model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                          num_attention_heads=2))
-    with pytest.raises(UnknownArchitectureError, match="LlamaForCausalLM.*Supported: LlavaForConditionalGeneration"):
+    with pytest.raises(UnknownArchitectureError, match="LlamaForCausalLM.*Supported: ") as error:
         from_hf(model, None)
+    for architecture in ("LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration",
+                         "Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration",
+                         "InternVLForConditionalGeneration"):
+        assert architecture in str(error.value)
+    assert "hooks/<family>.toml" in str(error.value) and "Adding an architecture" in str(error.value)
 
 
 @pytest.mark.parametrize("name", ["p", "rho", "summ"])

@@ -34,5 +34,6 @@ def test_wheel_ships_the_hook_catalogue(tmp_path):
     )
     (wheel,) = tmp_path.glob("sinklens-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "sinklens/hooks/llava.toml" in names
+    for family in ("llava", "llava_next", "qwen2_vl", "internvl"):
+        assert f"sinklens/hooks/{family}.toml" in names
     assert "sinklens/ops/redistribute.py" in names

@@ -57,7 +57,10 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="find sinks and answer a question about an image, with and without VAR")
     _add_model(run)
-    run.add_argument("--image", required=True, type=Path)
+    run.add_argument(
+        "--image", required=True, type=Path, action="append",
+        help="the image; repeat for several images in one prompt (shown in order)",
+    )
     run.add_argument("--prompt", required=True, help="the question about the image")
     _add_stack(run, var_default=True)
     run.add_argument("--max-new-tokens", type=int, default=16)
@@ -84,10 +87,11 @@ def _parser() -> argparse.ArgumentParser:
     discover.add_argument("--first-layer", type=int, default=2)
     discover.add_argument("--out", required=True, type=Path, help="folder for sink_dims.json and sink_dims.png")
 
-    scene = commands.add_parser("draw-scene", help="draw a synthetic scene (a PNG) and print its caption")
+    scene = commands.add_parser("draw-scene", help="draw a scene (a PNG): a synthetic one, or a tiny built-in's demo")
     scene.add_argument("--split", choices=("train", "heldout"), default="heldout")
     scene.add_argument("--index", type=int, default=0)
-    scene.add_argument("--tiny", action="store_true", help="draw tiny-llava's planted-sink demo scene instead")
+    scene.add_argument("--model", default=None,
+                       help="a tiny-* built-in: draw the demo scene whose white blocks it turns into visual sinks")  # fmt: skip
     scene.add_argument("--out", required=True, type=Path)
     return parser
 
@@ -121,6 +125,18 @@ def _sink_positions(ctx: Any) -> dict[str, dict[str, list[int]]]:
     return table
 
 
+def _image_grids(ctx: Any) -> list[dict[str, Any]]:
+    """Per image of the prompt: its span, each tile's (rows, cols) and its image-newline positions."""
+    return [
+        {
+            "span": [image.start, image.stop],
+            "tiles": {tile.name: list(tile.positions.shape) for tile in image.tiles},
+            "newlines": list(image.newlines),
+        }
+        for image in ctx.image.images_of(0)
+    ]
+
+
 def _image_centric_counts(ctx: Any) -> dict[str, Any]:
     per_layer: dict[str, int] = {}
     for record in ctx.records.get("var", []):
@@ -136,21 +152,23 @@ def run(args: argparse.Namespace) -> Path:
 
     started = time.perf_counter()
     find, var = _stack(args, with_var=True)
-    if not args.image.is_file():
-        raise FileNotFoundError(f"--image {args.image} does not exist; draw one with `sinklens draw-scene --out PATH`")
+    for path in args.image:
+        if not path.is_file():
+            raise FileNotFoundError(f"--image {path} does not exist; draw one with `sinklens draw-scene --out PATH`")
     lm = load(args.model)
     runner = NnsightRunner(lm)
-    inputs = lm.prepare(Image.open(args.image), args.prompt)
+    inputs = lm.prepare([Image.open(path) for path in args.image], args.prompt)
     base = runner.generate(inputs, [find], max_new_tokens=args.max_new_tokens)
     edited = runner.generate(inputs, [find, var], max_new_tokens=args.max_new_tokens) if args.var else None
     result = {
         "model": lm.name,
         "prompt": args.prompt,
-        "image": str(args.image),
+        "image": [str(path) for path in args.image],
         "sink_dims": list(args.sink_dims or lm.sink_dims or ()),
         "sink_dims_source": "--sink-dims" if args.sink_dims else lm.sink_dims_source,
         "params": _params(args, lm, find),
         "n_image_tokens": int(base.ctx.image.mask.sum()),
+        "image_grids": _image_grids(base.ctx),
         "sinks": _sink_positions(base.ctx),
         "n_image_centric": _image_centric_counts(edited.ctx) if edited else None,
         "answer_base": base.texts[0],
@@ -214,10 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"evidence written to {args.out / 'sink_dims.json'}")
         elif args.command == "draw-scene":
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            if args.tiny:
-                from sinklens.models.tiny import draw_scene
+            if args.model is not None:
+                from sinklens.models.loading import demo_scene
 
-                draw_scene().save(args.out)
+                demo_scene(args.model).save(args.out)
             else:
                 from sinklens.data.scenes import scene
 

@@ -43,3 +43,11 @@ class HookNameError(SinklensError, KeyError):
 
 class SinkDimensionError(SinklensError, ValueError):
     """No sink dimensions are known or given for the model."""
+
+
+class MissingDependencyError(SinklensError, ImportError):
+    """An optional package a feature needs is not installed."""
+
+
+class PaddingError(SinklensError, ValueError):
+    """A batch is padded on the right; sinklens and generation need left padding."""

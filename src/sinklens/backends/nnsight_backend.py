@@ -61,6 +61,7 @@ def make_context(loaded: LoadedModel, inputs: Mapping[str, Tensor]) -> RunContex
         sink_dims=loaded.sink_dims,
         d_model=loaded.d_model,
         default_tau=loaded.default_tau,
+        model_name=loaded.name,
     )
 
 

@@ -59,6 +59,7 @@ class RunContext:
     sink_dims: tuple[int, ...] | None = None
     d_model: int | None = None
     default_tau: float | None = None  # the model's default sink threshold (absolute), if it has one
+    model_name: str | None = None
     step: int = 0
     sinks: dict[int, Tensor] = field(default_factory=dict)
     phi: dict[int, Tensor] = field(default_factory=dict)
@@ -72,18 +73,26 @@ class RunContext:
     def prefill(self) -> bool:
         return self.step == 0
 
-    def keys(self, mask: Bool[Tensor, "batch pos"], key_length: int) -> Bool[Tensor, "batch key"]:
-        """A prompt-position mask padded with False up to `key_length` keys."""
+    def keys(
+        self, mask: Bool[Tensor, "batch pos"], key_length: int, device: torch.device | None = None
+    ) -> Bool[Tensor, "batch key"]:
+        """A prompt-position mask padded with False up to `key_length` keys (on `device` if given).
+
+        Under a device map each layer's tensors live on that layer's device;
+        the masks are made on the inputs' device and moved where they are used.
+        """
+        mask = mask.to(device) if device is not None else mask
         extra = key_length - mask.shape[-1]
         return torch.nn.functional.pad(mask, (0, extra)) if extra > 0 else mask[:, :key_length]
 
-    def text_queries(self, query_length: int) -> Bool[Tensor, "batch query"]:
-        """Queries VAR acts on: prompt text after the last image (prefill), every new token (decoding)."""
+    def text_queries(self, query_length: int, device: torch.device | None = None) -> Bool[Tensor, "batch query"]:
+        """Queries VAR acts on: each prompt's text after its last image (prefill), every new token (decoding)."""
+        device = device or self.image.mask.device
         if not self.prefill:
-            return torch.ones(self.image.mask.shape[0], query_length, dtype=torch.bool, device=self.image.mask.device)
-        positions = torch.arange(query_length, device=self.image.mask.device)
-        after_image = positions[None, :] >= self.image.text_start[:, None]
-        return after_image & self.attention_mask[:, :query_length].bool()
+            return torch.ones(self.image.mask.shape[0], query_length, dtype=torch.bool, device=device)
+        positions = torch.arange(query_length, device=device)
+        after_image = positions[None, :] >= self.image.text_start.to(device)[:, None]
+        return after_image & self.attention_mask[:, :query_length].to(device).bool()
 
     def record(self, key: str, value: Any) -> None:
         """Append a value to a named list of records (one entry per hook call)."""

@@ -59,9 +59,12 @@ class FindSinks:
     def hooks(self, ctx: RunContext) -> list[Hook]:
         dims = tuple(self.dims) if self.dims is not None else ctx.sink_dims
         if not dims:
+            name = ctx.model_name or "NAME"
             raise SinkDimensionError(
-                "no sink dimensions are known for this model. Pass FindSinks(dims=[...]) or discover them "
-                "with `sinklens discover-sink-dims --model NAME` (sinklens.ops.discover_sink_dims)."
+                f"no sink dimensions are known for {ctx.model_name or 'this model'} (it is not in "
+                "sinklens.models.sink_dims.KNOWN). Pass FindSinks(dims=[...]) (CLI: --sink-dims) or discover them "
+                f"with `sinklens discover-sink-dims --model {name}` (sinklens.ops.discover_sink_dims), "
+                "then add the checkpoint to KNOWN with where the numbers come from."
             )
         fn = partial(_find_sinks, dims=dims, tau=self.threshold(ctx.d_model, ctx.default_tau), strict=self.convention == "released")
         layers = resolve_layers(self.layers, ctx.n_layers, range(ctx.n_layers))
@@ -87,4 +90,4 @@ def _find_sinks(resid: Tensor, ctx: RunContext, *, layer: int, dims: tuple[int, 
     phi = ops.sink_dimension_value(resid, dims)
     ctx.phi[layer] = phi
     # padding is never a sink
-    ctx.sinks[layer] = ops.sink_mask(phi, tau, strict=strict) & ctx.attention_mask.bool()
+    ctx.sinks[layer] = ops.sink_mask(phi, tau, strict=strict) & ctx.attention_mask.to(phi.device).bool()

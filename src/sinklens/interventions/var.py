@@ -59,14 +59,15 @@ def _redistribute_pattern(pattern: Tensor, ctx: RunContext, *, layer: int, var: 
         )
     released = var.convention == "released"
     n_queries, n_keys = pattern.shape[-2:]
-    queries = ctx.text_queries(n_queries)
-    # only the rows of text queries after the image are read and written
+    queries = ctx.text_queries(n_queries, pattern.device)
+    # only the rows of text queries after the image are read and written (each prompt's own rows
+    # are chosen by `queries`; in a left-padded batch the earliest text start bounds them all)
     first = int(ctx.image.text_start.min()) if ctx.prefill else 0
     rows = pattern[:, :, first:, :]
     if not released:
         rows = rows.float()
-    image = ctx.keys(ctx.image.mask, n_keys)
-    sink = ctx.keys(sinks, n_keys)
+    image = ctx.keys(ctx.image.mask, n_keys, pattern.device)
+    sink = ctx.keys(sinks, n_keys, pattern.device)
     ratio, image_attention = ops.visual_nonsink_ratio(
         rows, image, sink, eps_per_image_token=RELEASED_EPS_PER_IMAGE_TOKEN if released else 0.0
     )

@@ -3,15 +3,17 @@
 from sinklens.models.catalogue import HookCatalogue, catalogue_for, supported_architectures
 from sinklens.models.loading import BUILTINS, LoadedModel, from_hf, load
 from sinklens.models.sink_dims import KNOWN, SinkDims, known_sink_dims
-from sinklens.models.spans import ImageSpans
+from sinklens.models.spans import ImageGrid, ImageSpans, Tile
 
 __all__ = [
     "BUILTINS",
     "KNOWN",
     "HookCatalogue",
+    "ImageGrid",
     "ImageSpans",
     "LoadedModel",
     "SinkDims",
+    "Tile",
     "catalogue_for",
     "from_hf",
     "known_sink_dims",

@@ -17,9 +17,10 @@ from pathlib import Path
 
 from sinklens.errors import CatalogueError, UnknownArchitectureError
 from sinklens.hook_points import LAYER_POINTS, MODEL_POINTS, HookPoint
+from sinklens.models.spans import GRID_RULES
 
 _REQUIRED = ("architectures", "family", "image_token_field", "layers", "text_config_field", "grid")
-_GRID_RULES = ("square",)
+_GRID_RULES = tuple(GRID_RULES)
 _PATH_END = re.compile(r"\.(input|output(\.\d+)?)$")
 
 
@@ -107,5 +108,7 @@ def catalogue_for(architecture: str) -> HookCatalogue:
             return cat
     raise UnknownArchitectureError(
         f"no hook catalogue describes {architecture!r}. Supported: {', '.join(supported_architectures())}. "
-        f"To add one, write hooks/<family>.toml (copy hooks/llava.toml and change the paths) and a test in tests/."
+        f"To add one, write hooks/<family>.toml (copy the closest file in {catalogue_dir()} and change the "
+        f"paths), a grid rule if its images are laid out differently, a tiny built-in and its tests: see "
+        f"'Adding an architecture' in docs/architecture.md."
     )

@@ -1,26 +1,66 @@
-"""Load an LMM with eager attention and describe it: `LoadedModel`."""
+"""Load an LMM with eager attention and describe it: `LoadedModel`.
+
+A model too large for one device loads with a device map (accelerate), through
+the same call: `load("llava-hf/llava-1.5-13b-hf", dtype=torch.float16,
+device_map="auto")`. Hook functions receive each tensor on the device of its
+layer; sinklens moves its masks there.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from PIL import Image
 
-from sinklens.errors import AttentionImplementationError, ImageSpanError, UnknownArchitectureError
+from sinklens.errors import (
+    AttentionImplementationError,
+    MissingDependencyError,
+    PaddingError,
+    ParameterError,
+    UnknownArchitectureError,
+)
 from sinklens.models.catalogue import HookCatalogue, catalogue_for
+from sinklens.models.processors import load_processor
 from sinklens.models.sink_dims import known_sink_dims
-from sinklens.models.spans import ImageSpans, square_grid
+from sinklens.models.spans import ImageSpans, image_spans, square_grid
 from sinklens.models.tiny import build_tiny_llava
+from sinklens.models.tiny_internvl import build_tiny_internvl
+from sinklens.models.tiny_next import build_tiny_llava_next
+from sinklens.models.tiny_qwen import build_tiny_qwen2_5_vl, build_tiny_qwen2_vl
 from sinklens.models.toy_llava import load_toy_llava
 
 BUILTINS: dict[str, Callable[[], tuple[Any, Any]]] = {
-    "tiny-llava": build_tiny_llava,  # random weights with planted sinks: tests of the mechanics
     "toy-llava": load_toy_llava,  # SmolLM2 + DINOv2 with a trained projector: the default model
+    # random weights with planted sinks, one per architecture: tests of the mechanics
+    "tiny-llava": build_tiny_llava,
+    "tiny-llava-next": build_tiny_llava_next,
+    "tiny-qwen2-vl": build_tiny_qwen2_vl,
+    "tiny-qwen2.5-vl": build_tiny_qwen2_5_vl,
+    "tiny-internvl": build_tiny_internvl,
 }
 DEFAULT_MODEL = "toy-llava"
+
+# an image, or several images shown in one prompt (in order)
+Images = Image.Image | Sequence[Image.Image]
+
+
+def demo_scene(name: str) -> Image.Image:
+    """A scene whose white blocks the planted built-in `name` turns into visual sinks (toy-llava: a held-out scene)."""
+    if name == "toy-llava":
+        from sinklens.data.scenes import scene
+
+        return scene("heldout", 0).image()
+    from sinklens.models.tiny import draw_scene
+    from sinklens.models.tiny_internvl import draw_internvl_scene
+    from sinklens.models.tiny_next import draw_wide_scene
+    from sinklens.models.tiny_qwen import draw_qwen_scene
+
+    scenes = {"tiny-llava-next": draw_wide_scene, "tiny-qwen2-vl": draw_qwen_scene,
+              "tiny-qwen2.5-vl": draw_qwen_scene, "tiny-internvl": draw_internvl_scene}
+    return scenes.get(name, draw_scene)()
 
 
 @dataclass
@@ -57,39 +97,71 @@ class LoadedModel:
 
     @property
     def grid(self) -> tuple[int, int]:
-        """(rows, cols) of the patch grid of one image."""
-        return square_grid(self.config)
+        """(rows, cols) of the patch grid of one image (LLaVA-1.5) or of one fixed-size tile.
+
+        LLaVA-NeXT's base tile and InternVL's tiles have a fixed grid; Qwen2-VL's
+        grid follows each image's size. The grid of every image of a run is in
+        `check_inputs(inputs).images` (and `ctx.image.images`).
+        """
+        rule = self.catalogue.grid
+        if rule in ("square", "anyres"):
+            return square_grid(self.config)
+        if rule == "tiles":
+            side = int(square_grid(self.config)[0] * self.config.downsample_ratio)
+            return side, side
+        raise ValueError(
+            f"{self.name} ({self.catalogue.family}) has no fixed grid: each image's grid follows its size. "
+            "Read it from LoadedModel.check_inputs(inputs).images."
+        )
 
     @property
     def tokenizer(self) -> Any:
         return self.processor.tokenizer
 
-    def prepare(self, image: Image.Image, question: str) -> Mapping[str, torch.Tensor]:
-        """Model inputs for one image and one question, through the processor's chat template."""
-        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-        prompt = self.processor.apply_chat_template(conversation, add_generation_prompt=True)
-        inputs = self.processor(images=image.convert("RGB"), text=prompt, return_tensors="pt")
+    def prompt(self, n_images: int, question: str) -> str:
+        """The chat-template prompt for `n_images` images followed by one question."""
+        content = [{"type": "image"}] * n_images + [{"type": "text", "text": question}]
+        return self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+
+    def prepare(self, image: Images, question: str) -> Mapping[str, torch.Tensor]:
+        """Model inputs for one prompt: one image or several (in order) and one question."""
+        return self.prepare_batch([(image, question)])
+
+    def prepare_batch(self, examples: Sequence[tuple[Images, str]]) -> Mapping[str, torch.Tensor]:
+        """Model inputs for a batch of (image or images, question) prompts, padded on the left.
+
+        Left padding keeps every prompt's last token at the last position, so
+        generation continues each prompt where it ends.
+        """
+        if not examples:
+            raise ParameterError("prepare_batch needs at least one (image, question) example")
+        images: list[Image.Image] = []
+        prompts: list[str] = []
+        for image, question in examples:
+            shown = [image] if isinstance(image, Image.Image) else list(image)
+            if not shown:
+                raise ParameterError(f"example {len(prompts)} has no image; give at least one per prompt")
+            images += [picture.convert("RGB") for picture in shown]
+            prompts.append(self.prompt(len(shown), question))
+        inputs = self.processor(
+            images=images, text=prompts, padding=True, padding_side="left", return_tensors="pt"
+        )
         inputs = {key: value.to(self.model.device) for key, value in inputs.items()}
         self.check_inputs(inputs)
         return inputs
 
     def check_inputs(self, inputs: Mapping[str, torch.Tensor]) -> ImageSpans:
-        """The image spans of `inputs`, after checking they agree with the images given."""
-        spans = ImageSpans.from_input_ids(inputs["input_ids"], self.image_token_id)
-        pixel_values = inputs.get("pixel_values")
-        if pixel_values is None:
-            raise ImageSpanError("inputs have image tokens but no pixel_values; pass the processor's output unchanged.")
-        rows, cols = self.grid
-        per_image = rows * cols + (self.config.vision_feature_select_strategy == "full")
-        n_found = int(spans.mask.sum())
-        n_features = per_image * pixel_values.shape[0]
-        if n_found != n_features:
-            raise ImageSpanError(
-                f"found {n_found} image tokens (id {self.image_token_id}) but the {pixel_values.shape[0]} "
-                f"image(s) give {n_features} features ({per_image} each). Pass the processor's output "
-                f"unchanged, or put one image placeholder per image in the prompt and let the processor expand it."
-            )
-        return spans
+        """The image spans and grids of `inputs`, after checking they agree with the images given."""
+        attention_mask = inputs.get("attention_mask")
+        if attention_mask is not None:
+            # a 0 after a 1 in a row: padding on the right, where generation would continue after the padding
+            right = (attention_mask[:, 1:] < attention_mask[:, :-1]).any(-1).nonzero().flatten().tolist()
+            if right:
+                raise PaddingError(
+                    f"prompt(s) {right} of the batch are padded on the right. Pad on the left "
+                    "(LoadedModel.prepare_batch does, or pass padding_side='left' to the processor)."
+                )
+        return image_spans(self.catalogue.grid, self.config, inputs, self.image_token_id)
 
     def decode(self, token_ids: torch.Tensor) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True).strip()
@@ -124,28 +196,69 @@ def from_hf(model: Any, processor: Any, *, name: str | None = None) -> LoadedMod
     )
 
 
+def _require_accelerate() -> None:
+    try:
+        import accelerate  # noqa: F401
+    except ImportError as e:
+        raise MissingDependencyError(
+            "device_map needs the accelerate package, which is not installed: pip install accelerate "
+            "(or leave device_map=None and pass device=...)."
+        ) from e
+
+
+def _dispatch(model: Any, device_map: str | Mapping[str, Any], offload_dir: str | None) -> Any:
+    """Spread an in-memory model (a built-in) over devices as from_pretrained(device_map=...) would."""
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    if isinstance(device_map, str):
+        device_map = infer_auto_device_map(model, no_split_module_classes=model._no_split_modules)
+    return dispatch_model(model, device_map=dict(device_map), offload_dir=offload_dir)
+
+
 def load(
     name_or_path: str,
     *,
     dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
+    device_map: str | Mapping[str, Any] | None = None,
     hf_kwargs: Mapping[str, Any] | None = None,
 ) -> LoadedModel:
-    """Load a built-in model (`tiny-llava`), a hub id or a local path, with eager attention."""
+    """Load a built-in model (see `BUILTINS`), a hub id or a local path, with eager attention.
+
+    `device` puts the whole model on one device (default: the CPU). `device_map`
+    spreads it over several (accelerate): "auto", or a dict from module name to
+    device ("cpu", a GPU index, or "disk" with `hf_kwargs={"offload_folder": ...}`),
+    as `from_pretrained(device_map=...)` takes it. Give one of the two.
+    """
+    if device is not None and device_map is not None:
+        raise ParameterError(
+            f"give device ({device!r}) or device_map ({device_map!r}), not both: a device map already says "
+            "where every module goes."
+        )
+    if device_map is not None:
+        _require_accelerate()
+    hf_kwargs = dict(hf_kwargs or {})
     if name_or_path in BUILTINS:
         model, processor = BUILTINS[name_or_path]()
-        return from_hf(model.to(device=device, dtype=dtype), processor, name=name_or_path)
+        model = model.to(dtype=dtype)
+        if device_map is None:
+            model = model.to(device or "cpu")
+        else:
+            model = _dispatch(model, device_map, hf_kwargs.get("offload_folder"))
+        return from_hf(model, processor, name=name_or_path)
 
     import transformers
 
-    config = transformers.AutoConfig.from_pretrained(name_or_path, **dict(hf_kwargs or {}))
+    config = transformers.AutoConfig.from_pretrained(name_or_path, **hf_kwargs)
     architectures = list(getattr(config, "architectures", None) or [])
     if not architectures:
         raise UnknownArchitectureError(f"{name_or_path}'s config names no architecture; load it yourself and use from_hf")
     catalogue_for(architectures[0])  # fail before downloading weights of an unsupported class
     model_class = getattr(transformers, architectures[0])
     model = model_class.from_pretrained(
-        name_or_path, dtype=dtype, attn_implementation="eager", **dict(hf_kwargs or {})
-    ).to(device)
-    processor = transformers.AutoProcessor.from_pretrained(name_or_path)
+        name_or_path, dtype=dtype, attn_implementation="eager", device_map=device_map, **hf_kwargs
+    )
+    if device_map is None:
+        model = model.to(device or "cpu")
+    processor = load_processor(name_or_path, config.model_type)
     return from_hf(model, processor, name=name_or_path)

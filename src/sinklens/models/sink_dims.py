@@ -1,6 +1,13 @@
 """Sink dimensions of known checkpoints, each with where the number comes from.
 
-`discover` (sinklens.ops.discovery) is how to fill this table for a new model.
+Sink dimensions belong to the language model a checkpoint is built on, so an
+entry names the checkpoint and says whether the dimensions were measured here
+or cited (and from where). For a checkpoint not listed, find them with
+`sinklens discover-sink-dims --model NAME` and pass them as
+`FindSinks(dims=...)` / `sinklens run --sink-dims ...`, or add an entry here.
+
+>>> known_sink_dims("llava-hf/llava-1.5-7b-hf").dims
+(1415, 2533)
 """
 
 from __future__ import annotations
@@ -20,10 +27,34 @@ class SinkDims:
     tau_reason: str | None = None
 
 
+def _planted(where: str) -> str:
+    return f"planted by construction ({where}: BOS and white patches)"
+
+
+_LLAMA2_7B = "cited: LLaMA-2-7B massive activations (Sun et al. 2024, arXiv 2402.17762; Kang et al. 2025)"
+_LLAMA2_13B = "cited: LLaMA-2-13B massive activations (Sun et al. 2024, arXiv 2402.17762; Kang et al. 2025)"
+_QWEN2_7B = (
+    "cited from a secondary source: Qwen2-7B, the language model of Qwen2-VL-7B (Kang et al. 2025 as "
+    "summarised in SPEC.md); not measured here, confirm with discover-sink-dims"
+)
+_INTERNLM2 = (
+    "cited from a secondary source: InternLM2, the language model of InternVL2-8B (Kang et al. 2025 as "
+    "summarised in SPEC.md); not measured here, confirm with discover-sink-dims. The original checkpoint "
+    "runs on remote code, not on transformers' InternVLForConditionalGeneration"
+)
+
 KNOWN: dict[str, SinkDims] = {
     "tiny-llava": SinkDims((TINY_SINK_DIM,), "planted by construction (sinklens.models.tiny.plant_sinks)"),
-    "llava-hf/llava-1.5-7b-hf": SinkDims((1415, 2533), "cited: LLaMA-2-7B massive activations (Sun et al. 2024; Kang et al. 2025)"),
-    "llava-hf/llava-1.5-13b-hf": SinkDims((2100, 4743), "cited: LLaMA-2-13B massive activations (Sun et al. 2024; Kang et al. 2025)"),
+    "tiny-llava-next": SinkDims((TINY_SINK_DIM,), _planted("sinklens.models.tiny.plant_sinks")),
+    "tiny-qwen2-vl": SinkDims((TINY_SINK_DIM,), _planted("sinklens.models.tiny_qwen.plant_qwen_sinks")),
+    "tiny-qwen2.5-vl": SinkDims((TINY_SINK_DIM,), _planted("sinklens.models.tiny_qwen.plant_qwen_sinks")),
+    "tiny-internvl": SinkDims((TINY_SINK_DIM,), _planted("sinklens.models.tiny_internvl.plant_internvl_sinks")),
+    "toy-llava": SinkDims((507,), "measured here by discover-sink-dims (SmolLM2 language model)"),
+    "llava-hf/llava-1.5-7b-hf": SinkDims((1415, 2533), _LLAMA2_7B),
+    "llava-hf/llava-1.5-13b-hf": SinkDims((2100, 4743), _LLAMA2_13B),
+    "Qwen/Qwen2-VL-7B": SinkDims((458, 2570), _QWEN2_7B),
+    "Qwen/Qwen2-VL-7B-Instruct": SinkDims((458, 2570), _QWEN2_7B),
+    "OpenGVLab/InternVL2-8B": SinkDims((3584,), _INTERNLM2),
 }
 
 

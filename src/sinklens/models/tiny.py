@@ -48,12 +48,20 @@ CHAT_TEMPLATE = (
 )
 
 
-def tiny_tokenizer():
-    """A lower-casing word-level tokenizer over a fixed scene vocabulary."""
+def tiny_tokenizer(extra_special_tokens: dict[str, str] | None = None):
+    """A lower-casing word-level tokenizer over a fixed scene vocabulary.
+
+    `extra_special_tokens` (attribute name -> token, default `{"image_token": "<image>"}`)
+    become tokenizer attributes (`tok.image_token`, `tok.image_token_id`); tokens
+    not yet in the vocabulary are appended after it, so existing ids never move.
+    """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {word: i for i, word in enumerate(_SPECIAL + _WORDS)}
+    extra = dict(extra_special_tokens or {"image_token": "<image>"})
+    tokens = _SPECIAL + _WORDS
+    tokens += [token for token in dict.fromkeys(extra.values()) if token not in tokens]
+    vocab = {word: i for i, word in enumerate(tokens)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
@@ -65,7 +73,7 @@ def tiny_tokenizer():
         eos_token="</s>",
         unk_token="<unk>",
         pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"},
+        extra_special_tokens=extra,
         padding_side="left",
     )
 
