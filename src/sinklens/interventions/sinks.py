@@ -46,7 +46,10 @@ class FindSinks:
             )
         fn = partial(_find_sinks, dims=dims, tau=self.tau, strict=self.convention == "released")
         layers = resolve_layers(self.layers, ctx.n_layers, range(ctx.n_layers))
-        return [Hook(block(layer, "hook_resid_pre"), partial(fn, layer=layer), prefill_only=True) for layer in layers]
+        return [
+            Hook(block(layer, "hook_resid_pre"), partial(fn, layer=layer), prefill_only=True, writes=False)
+            for layer in layers
+        ]
 
 
 def _find_sinks(resid: Tensor, ctx: RunContext, *, layer: int, dims: tuple[int, ...], tau: float, strict: bool) -> None:
