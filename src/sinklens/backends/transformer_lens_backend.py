@@ -114,16 +114,18 @@ def build_bridge(loaded: LoadedModel, *, copy_model: bool = True) -> Any:
 
 
 def transformer_lens_hooks(
-    loaded: LoadedModel, interventions: Members, ctx: RunContext, *, bridge: Any = None
+    loaded: LoadedModel, interventions: Members, ctx: RunContext, *, bridge: Any = None, first_step: int = 0
 ) -> list[TLHook]:
     """The `fwd_hooks` that run a stack on a bridge: one function per bridge hook point, plus the step counter.
 
     Give `bridge` to check every name against it. Every forward pass under
-    these hooks advances `ctx.step` (the first is step 0, the prefill).
+    these hooks advances `ctx.step`; the first is `first_step` (0: the prefill;
+    give 1 to decode by hand from a cache that a prefill with `ctx` filled).
     """
     catalogue = loaded.catalogue
     hooks = ordered_hooks(interventions, ctx)
-    fwd_hooks: list[TLHook] = [(catalogue.transformer_lens_entry, partial(_count_step, ctx=ctx, counter=_Counter()))]
+    counter = _Counter(forwards=first_step)
+    fwd_hooks: list[TLHook] = [(catalogue.transformer_lens_entry, partial(_count_step, ctx=ctx, counter=counter))]
     for name, group in groupby(hooks, key=lambda hook: hook.name):
         point = parse(name)
         fn = partial(_run_point, hooks=tuple(group), ctx=ctx, layout=_LAYOUTS.get(point.point))
