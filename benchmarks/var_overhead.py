@@ -1,8 +1,12 @@
-"""How much slower is a forward pass with VAR than without, through nnsight?
+"""How much slower is a forward pass with VAR than without, through nnsight and through TransformerLens?
 
 Measured: the wall time of one nnsight trace of a LLaVA-1.5-shaped model with
 FindSinks + VAR attached, divided by the wall time of the same trace with
-nothing attached ("plain": only the logits are saved). Two cases:
+nothing attached ("plain": only the logits are saved). Then the same on the
+TransformerLens backend, in the same run: a `Stack(FindSinks, VAR)` through
+`bridge.run_with_hooks` against a plain bridge forward (`bridge(...)`, no
+hooks), on a TransformerBridge built over the same model after the nnsight
+arms are done (in place: one copy of the weights). Two cases each:
 
 - prefill: the whole prompt (651 tokens, 576 of them image tokens) at once;
 - decode_step: one generated token against the KV cache of that prompt, with
@@ -36,6 +40,11 @@ Control arm "identity_hook": a hook on the same pattern points that returns the
 pattern unchanged, so nnsight's cost of reaching into the attention function
 and writing back is separated from VAR's tensor math. "var_hook_alone" times
 VAR's hook function on a pattern of each shape outside any model.
+
+The TransformerLens section has the same arms and the same cases (its decode
+step feeds the bridge the prompt's HF cache through `past_key_values`, with the
+hooks' step counter starting at 1). Targets: 1.10 for nnsight, 1.15 for
+TransformerLens.
 
 Arms run interleaved (plain, identity hook, VAR; the order rotates every round)
 to cancel drift. Reported: medians of wall time, the ratio of the medians, the
@@ -72,6 +81,7 @@ from sinklens.models.tiny import tiny_tokenizer
 
 SEED = 0
 TARGET_RATIO = 1.10
+TL_TARGET_RATIO = 1.15
 
 # text model: LLaVA-1.5-7B (LLaMA-2-7B) layer shape, 2 layers
 D_MODEL = 4096
@@ -282,6 +292,109 @@ def decode_arms(setup: Setup, ctx: RunContext, cache: Any) -> dict[str, Callable
     return {"plain": arm([]), "identity_hook": arm([IdentityHook()]), "var": arm([VAR(layers=list(LAYERS))])}
 
 
+# ---- the same arms on the TransformerLens backend ----------------------------------------------
+
+
+def tl_prefill_arms(setup: Setup, bridge: Any) -> dict[str, Callable[[], Tensor]]:
+    """Plain bridge forward against run_with_hooks with each stack; a fresh context per hooked run."""
+    from sinklens.backends.transformer_lens_backend import transformer_lens_hooks
+
+    ids, kwargs = setup.inputs["input_ids"], _bridge_kwargs(setup.inputs)
+
+    def plain() -> Tensor:
+        with torch.no_grad():
+            return bridge(ids, **kwargs)
+
+    def hooked(make_interventions: Callable[[], list[Intervention]]) -> Callable[[], Tensor]:
+        def run() -> Tensor:
+            ctx = make_context(setup.loaded, setup.inputs)
+            fwd_hooks = transformer_lens_hooks(setup.loaded, make_interventions(), ctx)
+            with torch.no_grad():
+                return bridge.run_with_hooks(ids, fwd_hooks=fwd_hooks, **kwargs)
+
+        return run
+
+    return {"plain": plain, "identity_hook": hooked(lambda: [IdentityHook()]), "var": hooked(tl_var_stack)}
+
+
+def tl_var_stack() -> list[Intervention]:
+    from sinklens.interventions.stack import Stack
+
+    return [Stack(*var_stack())]
+
+
+def _bridge_kwargs(inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {key: value for key, value in inputs.items() if key != "input_ids"}
+
+
+def tl_prefill_with_cache(setup: Setup, bridge: Any) -> tuple[RunContext, Any]:
+    """One FindSinks + VAR prefill on the bridge: the filled context and the prompt's HF cache."""
+    from sinklens.backends.transformer_lens_backend import transformer_lens_hooks
+
+    ctx = make_context(setup.loaded, setup.inputs)
+    with torch.no_grad(), bridge.hooks(fwd_hooks=transformer_lens_hooks(setup.loaded, var_stack(), ctx)):
+        _, cache = bridge(
+            setup.inputs["input_ids"], return_type="logits_and_cache", use_cache=True, **_bridge_kwargs(setup.inputs)
+        )
+    if cache.get_seq_length() != setup.prompt_length:
+        raise RuntimeError(f"prefill cache holds {cache.get_seq_length()} tokens, expected {setup.prompt_length}")
+    return ctx, cache
+
+
+def tl_decode_arms(setup: Setup, bridge: Any, ctx: RunContext, cache: Any) -> dict[str, Callable[[], Tensor]]:
+    """One next token against the prompt's cache through the bridge; the hooks count it as step 1."""
+    from sinklens.backends.transformer_lens_backend import transformer_lens_hooks
+
+    length = setup.prompt_length
+    ids = setup.inputs["input_ids"][:, -1:].clone()
+    mask = torch.ones(1, length + 1, dtype=torch.long)
+
+    def step(fwd_hooks: list[Any]) -> Tensor:
+        try:
+            with torch.no_grad():
+                logits = bridge.run_with_hooks(ids, fwd_hooks=fwd_hooks, attention_mask=mask, past_key_values=cache)
+            if cache.get_seq_length() != length + 1:
+                raise RuntimeError(f"the step left {cache.get_seq_length()} tokens in the cache, not {length + 1}")
+            return logits
+        finally:
+            crop_to(cache, length)
+
+    def arm(interventions: list[Intervention]) -> Callable[[], Tensor]:
+        def run() -> Tensor:
+            fwd_hooks = transformer_lens_hooks(setup.loaded, interventions, ctx, first_step=1) if interventions else []
+            return step(fwd_hooks)
+
+        return run
+
+    return {"plain": arm([]), "identity_hook": arm([IdentityHook()]), "var": arm([VAR(layers=list(LAYERS))])}
+
+
+def transformer_lens_section(setup: Setup, repeats: int, decode_repeats: int) -> dict[str, Any]:
+    """Every TransformerLens arm; builds the bridge over setup.loaded.model in place (nnsight is done with it)."""
+    from sinklens.backends.transformer_lens_backend import build_bridge
+
+    started = time.perf_counter()
+    bridge = build_bridge(setup.loaded, copy_model=False)
+    _log(f"bridge built in {time.perf_counter() - started:.0f}s")
+    prefill = summarise(measure(tl_prefill_arms(setup, bridge), repeats, warmup=1))
+    _log(f"TransformerLens prefill ratio {prefill['ratio']} (paired {prefill['paired_ratio']})")
+    ctx, cache = tl_prefill_with_cache(setup, bridge)
+    prefill["image_centric_pairs_per_layer"] = image_centric_counts(ctx, step=0)
+    decode = summarise(measure(tl_decode_arms(setup, bridge, ctx, cache), decode_repeats, warmup=2))
+    decode["image_centric_pairs_per_layer"] = image_centric_counts(ctx, step=1)
+    decode["kv_length"] = setup.prompt_length + 1
+    _log(f"TransformerLens decode step ratio {decode['ratio']} (paired {decode['paired_ratio']})")
+    return {
+        "baseline": "bridge(input_ids, pixel_values=..., attention_mask=...) with no hooks",
+        "hooked": "bridge.run_with_hooks(..., fwd_hooks=transformer_lens_hooks(loaded, [Stack(FindSinks, VAR)], ctx))",
+        "sinks": sink_report(ctx),
+        "prefill": prefill,
+        "decode_step": decode,
+        "target": TL_TARGET_RATIO,
+        "met": {"prefill": prefill["ratio"] <= TL_TARGET_RATIO, "decode_step": decode["ratio"] <= TL_TARGET_RATIO},
+    }
+
+
 # ---- timing -----------------------------------------------------------------------------------
 
 
@@ -398,10 +511,17 @@ def shape_report(setup: Setup) -> dict[str, Any]:
 
 
 def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
     import nnsight
     import transformers
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "nnsight": nnsight.__version__}
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "nnsight": nnsight.__version__,
+        "transformer_lens": version("transformer-lens"),
+    }
 
 
 def _log(message: str) -> None:
@@ -437,6 +557,7 @@ def run(repeats: int, decode_repeats: int) -> dict[str, Any]:
         "note": "one layer's VAR hook on a random softmaxed [1, 32, q, k] pattern, outside the model; "
         "a run calls it once per layer in layers_with_var",
     }
+    transformer_lens = transformer_lens_section(setup, repeats, decode_repeats)
     return {
         "shape": shape_report(setup),
         "layers_with_var": list(LAYERS),
@@ -447,6 +568,7 @@ def run(repeats: int, decode_repeats: int) -> dict[str, Any]:
         "var_hook_alone": hook_alone,
         "target": TARGET_RATIO,
         "met": {"prefill": prefill["ratio"] <= TARGET_RATIO, "decode_step": decode["ratio"] <= TARGET_RATIO},
+        "transformer_lens": transformer_lens,
         "versions": _versions(),
         "total_s": round(time.perf_counter() - started, 1),
         # 1-minute load average before and after; above torch_threads, other processes shared the cores
@@ -455,7 +577,9 @@ def run(repeats: int, decode_repeats: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="VAR's time overhead over a plain nnsight forward (see module doc).")
+    parser = argparse.ArgumentParser(
+        description="VAR's time overhead over a plain forward, nnsight and TransformerLens (see module doc)."
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed prefill rounds (after 1 warm-up round)")
     parser.add_argument("--decode-repeats", type=int, default=20, help="timed decode rounds (after 2 warm-up rounds)")
     parser.add_argument("--out", type=Path, help="also write the JSON to this file")

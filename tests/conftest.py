@@ -78,3 +78,48 @@ def runner(tiny):
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
+
+
+# ---- both backends ----------------------------------------------------------------------------
+
+# Models the backend-equivalence tests run on (tests/test_transformer_lens_backend.py).
+# A trained model joins with one more name here, once sinklens.load knows it.
+EQUIVALENCE_MODELS = ["tiny-llava"]
+
+
+@pytest.fixture(scope="session")
+def tl_runner(tiny):
+    """tiny-llava through a TransformerBridge built on its own copy of the weights."""
+    from sinklens.backends.transformer_lens_backend import TransformerLensRunner
+
+    return TransformerLensRunner(tiny)
+
+
+@pytest.fixture(params=["nnsight", "transformer_lens"])
+def any_runner(request, runner, tl_runner):
+    """Each backend's runner on tiny-llava, in turn."""
+    return runner if request.param == "nnsight" else tl_runner
+
+
+@pytest.fixture(scope="session", params=EQUIVALENCE_MODELS)
+def model_case(request, scene):
+    """(loaded model, inputs, nnsight runner, TransformerLens runner) for each equivalence model."""
+    from sinklens.backends.nnsight_backend import NnsightRunner
+    from sinklens.backends.transformer_lens_backend import TransformerLensRunner
+
+    if request.param == "tiny-llava":
+        loaded, nnsight_runner = request.getfixturevalue("tiny"), request.getfixturevalue("runner")
+        tl = request.getfixturevalue("tl_runner")
+    else:
+        loaded = load(request.param)
+        nnsight_runner, tl = NnsightRunner(loaded), TransformerLensRunner(loaded)
+    return loaded, loaded.prepare(scene, QUESTION), nnsight_runner, tl
+
+
+def assert_logits_close(a: torch.Tensor, b: torch.Tensor, tolerance: float, what: str = "logits") -> float:
+    """Same -inf entries (VCD's cut-off), and finite entries within `tolerance`; returns the max diff."""
+    assert torch.equal(torch.isneginf(a), torch.isneginf(b)), f"{what}: the -inf entries differ"
+    finite = torch.isfinite(a)
+    diff = max_diff(a[finite], b[finite]) if finite.any() else 0.0
+    assert diff <= tolerance, f"{what}: max abs diff {diff} > {tolerance}"
+    return diff

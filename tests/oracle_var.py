@@ -41,6 +41,16 @@ class OracleVAR:
     sinks: dict[int, list[list[int]]] = field(default_factory=dict)
     n_selected: int = 0
 
+    @classmethod
+    def for_prompt(cls, inputs, image_token_id: int, **params) -> OracleVAR:
+        """An oracle for `inputs` whose image tokens are known up front (for installs that do not read them)."""
+        ids = inputs["input_ids"].tolist()
+        oracle = cls(input_ids=ids, attention_mask=inputs["attention_mask"].tolist(), image_token_id=image_token_id,
+                     **params)  # fmt: skip
+        oracle.image_positions = [[j for j, t in enumerate(row) if t == image_token_id] for row in ids]
+        oracle.first_query = [max(positions) + 1 for positions in oracle.image_positions]
+        return oracle
+
     # -- the image tokens of each example, from what the language model receives on the prompt
     def read_images(self, inputs_embeds: torch.Tensor, newline: torch.Tensor | None) -> None:
         if inputs_embeds.shape[1] == 1:  # a decoding step

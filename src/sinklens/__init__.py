@@ -4,6 +4,7 @@
     lm = sl.load("tiny-llava")
     inputs = lm.prepare(image, "What is in the image?")
     result = sl.NnsightRunner(lm).generate(inputs, [sl.FindSinks(), sl.VAR()])
+    result = sl.TransformerLensRunner(lm).generate(inputs, sl.Stack(sl.FindSinks(), sl.PAI(), sl.VAR()))
 
 `import sinklens` imports neither nnsight nor TransformerLens; the backends load
 on first use.
@@ -14,22 +15,45 @@ from __future__ import annotations
 from typing import Any
 
 from sinklens.errors import SinklensError
-from sinklens.interventions import VAR, FindSinks, Hook, RunContext
+from sinklens.interventions import (
+    PAI,
+    VAR,
+    VCD,
+    Edit,
+    FindSinks,
+    Hook,
+    LogitsHook,
+    OnPass,
+    RunContext,
+    Stack,
+    expand_inputs,
+)
 from sinklens.models import LoadedModel, from_hf, load
 
 __all__ = [
+    "PAI",
     "VAR",
+    "VCD",
+    "Edit",
     "FindSinks",
     "Hook",
     "LoadedModel",
+    "LogitsHook",
     "NnsightRunner",
+    "OnPass",
     "RunContext",
     "SinklensError",
+    "Stack",
+    "TransformerLensRunner",
+    "expand_inputs",
     "from_hf",
     "load",
 ]
 
-_LAZY = {"NnsightRunner": "sinklens.backends.nnsight_backend"}
+_LAZY = {
+    "NnsightRunner": "sinklens.backends.nnsight_backend",
+    "TransformerLensRunner": "sinklens.backends.transformer_lens_backend",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -51,3 +51,19 @@ class MissingDependencyError(SinklensError, ImportError):
 
 class PaddingError(SinklensError, ValueError):
     """A batch is padded on the right; sinklens and generation need left padding."""
+
+
+class StackError(SinklensError, TypeError):
+    """A stack member is not an intervention, a Hook or a (hook name, fn) pair, or members clash."""
+
+
+class HookContractError(SinklensError, RuntimeError):
+    """A hook function broke what its Hook declares: a read-only hook wrote, or a write changed the shape."""
+
+
+class PassError(SinklensError, ValueError):
+    """Inputs or members disagree about the passes of a multi-pass run (VCD's image and noised passes)."""
+
+
+class BackendError(SinklensError, RuntimeError):
+    """A backend cannot run this model or this request (the message names what it can do instead)."""

@@ -20,23 +20,33 @@ and inside your own generation, one step at a time from step 0::
         attach(model, lm, [FindSinks(), VAR()], inputs, tracer=tracer, steps=8, ctx=ctx)
 
 or in one call: `NnsightRunner(lm).generate(inputs, [FindSinks(), VAR()])`.
+A stack with VCD runs two passes in one batch: give your own trace
+`expand_inputs(stack, inputs)` instead of `inputs` (the runner does it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from functools import partial
 from itertools import groupby
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from sinklens.backends.common import (
+    ForwardResult,
+    GenerationResult,
+    Recorder,
+    finish_generation,
+    make_context,
+    prepare,
+)
 from sinklens.errors import CatalogueError
-from sinklens.interventions.base import Hook, Intervention, RunContext, ordered_hooks
+from sinklens.interventions.base import Hook, Members, RunContext, apply_point, ordered_hooks
 from sinklens.models.catalogue import HookCatalogue
 from sinklens.models.loading import LoadedModel
+
+__all__ = ["ForwardResult", "GenerationResult", "NnsightRunner", "attach", "make_context", "run_hooks", "wrap"]
 
 
 def wrap(loaded: LoadedModel) -> Any:
@@ -45,23 +55,6 @@ def wrap(loaded: LoadedModel) -> Any:
 
     return TransformersModel(
         loaded.model, processor=loaded.processor, tokenizer=loaded.tokenizer, task="image-text-to-text"
-    )
-
-
-def make_context(loaded: LoadedModel, inputs: Mapping[str, Tensor]) -> RunContext:
-    """The run context of one prompt batch: image spans, padding, sink dimensions."""
-    spans = loaded.check_inputs(inputs)
-    attention_mask = inputs.get("attention_mask")
-    if attention_mask is None:
-        attention_mask = torch.ones_like(inputs["input_ids"])
-    return RunContext(
-        image=spans,
-        attention_mask=attention_mask.bool(),
-        n_layers=loaded.n_layers,
-        sink_dims=loaded.sink_dims,
-        d_model=loaded.d_model,
-        default_tau=loaded.default_tau,
-        model_name=loaded.name,
     )
 
 
@@ -94,21 +87,18 @@ def _run_point(root: Any, catalogue: HookCatalogue, hooks: Sequence[Hook], ctx: 
     envoy = _envoy(root, module_path, name, catalogue)
     whole = getattr(envoy, attribute)
     value = whole[index] if index is not None else whole
-    changed = False
-    for hook in hooks:
-        result = hook.fn(value, ctx)
-        if result is not None:
-            value, changed = result, True
-    if changed:
+    result = apply_point(hooks, value, ctx)
+    if result is not None:
         if index is not None:
             parts = list(whole)
-            parts[index] = value
-            value = type(whole)(parts)
-        setattr(envoy, attribute, value)
+            parts[index] = result
+            result = type(whole)(parts)
+        setattr(envoy, attribute, result)
 
 
 def run_hooks(root: Any, catalogue: HookCatalogue, hooks: Sequence[Hook], ctx: RunContext) -> None:
     """Apply ordered hooks inside a trace, for the step in `ctx.step`."""
+    # a point whose hooks are all prefill-only is not even read while decoding
     active = [hook for hook in hooks if ctx.prefill or not hook.prefill_only]
     for _, group in groupby(active, key=lambda hook: hook.name):
         _run_point(root, catalogue, list(group), ctx)
@@ -117,7 +107,7 @@ def run_hooks(root: Any, catalogue: HookCatalogue, hooks: Sequence[Hook], ctx: R
 def attach(
     model: Any,
     loaded: LoadedModel,
-    interventions: Sequence[Intervention],
+    interventions: Members,
     inputs: Mapping[str, Tensor],
     *,
     tracer: Any = None,
@@ -144,26 +134,6 @@ def attach(
     return ctx
 
 
-@dataclass(frozen=True)
-class ForwardResult:
-    logits: Tensor  # [batch, pos, vocab]
-    ctx: RunContext
-
-
-@dataclass(frozen=True)
-class GenerationResult:
-    """Greedy generation: tokens up to (not including) the first EOS of each example."""
-
-    tokens: list[list[int]]
-    step_logits: Tensor  # [batch, step, vocab], raw logits of every step (before EOS suppression)
-    texts: list[str]
-    ctx: RunContext
-
-
-def _keep_last_logits(logits: Tensor, ctx: RunContext, *, store: list[Tensor]) -> None:
-    store.append(logits[:, -1].detach().clone())
-
-
 class NnsightRunner:
     """One-call runs of a stack on a loaded model through nnsight."""
 
@@ -171,46 +141,30 @@ class NnsightRunner:
         self.loaded = loaded
         self.model = wrap(loaded)
 
-    def forward(self, inputs: Mapping[str, Tensor], interventions: Sequence[Intervention] = ()) -> ForwardResult:
+    def forward(self, inputs: Mapping[str, Tensor], interventions: Members = ()) -> ForwardResult:
         """One forward pass over the prompt with the stack applied."""
-        ctx = make_context(self.loaded, inputs)
-        with torch.no_grad(), self.model.trace(**inputs):
-            attach(self.model, self.loaded, interventions, inputs, ctx=ctx)
+        prepared = prepare(self.loaded, inputs, interventions)
+        with torch.no_grad(), self.model.trace(**prepared.inputs):
+            attach(self.model, self.loaded, interventions, prepared.inputs, ctx=prepared.ctx)
             logits = self.model.output.logits.save()
-        return ForwardResult(logits=logits, ctx=ctx)
+        return ForwardResult(logits=logits[: prepared.n_prompts], ctx=prepared.ctx)
 
     def generate(
         self,
         inputs: Mapping[str, Tensor],
-        interventions: Sequence[Intervention] = (),
+        interventions: Members = (),
         *,
         max_new_tokens: int = 16,
     ) -> GenerationResult:
         """Greedy decoding with the KV cache; the stack acts in prefill and at every step."""
-        store: list[Tensor] = []
-        recorder = _Recorder(store)
-        eos = self.loaded.tokenizer.eos_token_id
-        ctx = make_context(self.loaded, inputs)
+        prepared = prepare(self.loaded, inputs, interventions)
+        recorder = Recorder()
         with torch.no_grad(), self.model.generate(
-            **inputs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
+            **prepared.inputs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
             pad_token_id=self.loaded.tokenizer.pad_token_id,
         ) as tracer:
-            attach(self.model, self.loaded, [*interventions, recorder], inputs, tracer=tracer, steps=max_new_tokens, ctx=ctx)
-        step_logits = torch.stack(store, dim=1)
-        # min_new_tokens hides EOS from the choice; the raw argmax says where greedy decoding stops
-        chosen = step_logits.argmax(-1)
-        tokens = []
-        for row in chosen.tolist():
-            tokens.append(row[: row.index(eos)] if eos in row else row)
-        texts = [self.loaded.decode(torch.tensor(row, dtype=torch.long)) for row in tokens]
-        return GenerationResult(tokens=tokens, step_logits=step_logits, texts=texts, ctx=ctx)
-
-
-@dataclass(frozen=True)
-class _Recorder:
-    """Keeps the last-position logits of every step (an intervention that only reads)."""
-
-    store: list[Tensor]
-
-    def hooks(self, ctx: RunContext) -> list[Hook]:
-        return [Hook("hook_logits", partial(_keep_last_logits, store=self.store))]
+            attach(
+                self.model, self.loaded, [interventions, recorder], prepared.inputs,
+                tracer=tracer, steps=max_new_tokens, ctx=prepared.ctx,
+            )
+        return finish_generation(self.loaded, prepared, recorder)

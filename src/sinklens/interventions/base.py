@@ -2,20 +2,24 @@
 
 An intervention is an object with `hooks(ctx) -> list[Hook]`. A `Hook` names one
 TransformerLens-style hook point and a function `fn(tensor, ctx) -> tensor | None`
-(return None to leave the tensor as it is). A stack is a list of interventions;
-its hooks run in (layer, stage) order and, at one point, in list order. Backends
-attach the hooks for one run and remove them when it ends.
+(return None to leave the tensor as it is) and says whether it may write there.
+A stack is a list of members (interventions, `Hook`s or `(hook name, fn)` pairs,
+or a `sinklens.Stack` of them); its hooks run in (layer, stage) order and, at
+one point, in list order. Backends attach the hooks for one run and remove them
+when it ends; both apply the functions of one point with `apply_point`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
+from sinklens.errors import HookContractError, StackError
 from sinklens.hook_points import HookPoint, parse
 from sinklens.models.spans import ImageSpans
 from sinklens.ops._typing import Bool
@@ -25,11 +29,17 @@ HookFn = Callable[[Tensor, "RunContext"], Tensor | None]
 
 @dataclass(frozen=True)
 class Hook:
-    """One function on one hook point. `prefill_only` hooks are skipped while decoding."""
+    """One function on one hook point.
+
+    `prefill_only` hooks are skipped while decoding. `writes=False` declares a
+    hook that only reads (FindSinks, recorders): returning a tensor from it is
+    an error, so a stack's declared reads and writes are the ones that happen.
+    """
 
     name: str
     fn: HookFn
     prefill_only: bool = False
+    writes: bool = True
 
     @property
     def point(self) -> HookPoint:
@@ -64,6 +74,8 @@ class RunContext:
     sinks: dict[int, Tensor] = field(default_factory=dict)
     phi: dict[int, Tensor] = field(default_factory=dict)
     records: dict[str, Any] = field(default_factory=dict)
+    # batch rows of each pass when a member runs several passes per step (VCD: "image", "noised")
+    passes: dict[str, slice] = field(default_factory=dict)
 
     @property
     def prompt_length(self) -> int:
@@ -99,14 +111,76 @@ class RunContext:
         self.records.setdefault(key, []).append(value)
 
 
-def ordered_hooks(interventions: Iterable[Intervention], ctx: RunContext) -> list[Hook]:
+Member = Any  # an Intervention, a Hook, a (hook name, fn) pair, or an iterable of members (a Stack)
+Members = Iterable[Member]  # what runners and backends take: a list, a tuple or a Stack of members
+
+
+def hooks_of(member: Member, ctx: RunContext) -> list[Hook]:
+    """The hooks of one stack member, in its own order."""
+    if isinstance(member, Hook):
+        return [member]
+    if isinstance(member, tuple) and len(member) == 2 and isinstance(member[0], str) and callable(member[1]):
+        return [Hook(member[0], member[1])]
+    if isinstance(member, Intervention):
+        hooks = member.hooks(ctx)
+        bad = [hook for hook in hooks if not isinstance(hook, Hook)]
+        if bad:
+            raise StackError(
+                f"{type(member).__name__}.hooks(ctx) returned {type(bad[0]).__name__} {bad[0]!r}; it must "
+                "return a list of sinklens.Hook(name, fn)"
+            )
+        return hooks
+    if isinstance(member, (list, tuple)):
+        return [hook for inner in member for hook in hooks_of(inner, ctx)]
+    raise StackError(
+        f"a stack member must be an intervention (an object with hooks(ctx)), a sinklens.Hook or a "
+        f"(hook name, fn) pair; got {type(member).__name__} {member!r}"
+    )
+
+
+def ordered_hooks(interventions: Members | Member, ctx: RunContext) -> list[Hook]:
     """Every hook of a stack in run order: (layer, stage), then list order (stable sort)."""
-    hooks = [hook for intervention in interventions for hook in intervention.hooks(ctx)]
+    if isinstance(interventions, Hook) or not isinstance(interventions, Iterable):
+        interventions = [interventions]  # one member given on its own
+    hooks = [hook for member in interventions for hook in hooks_of(member, ctx)]
     for hook in hooks:
         point = hook.point
         if point.in_block and not 0 <= point.layer < ctx.n_layers:
             raise ValueError(f"hook {hook.name!r} names layer {point.layer}; the model has layers 0..{ctx.n_layers - 1}")
     return sorted(hooks, key=lambda hook: (hook.point.layer, hook.point.stage))
+
+
+def apply_point(hooks: Sequence[Hook], value: Tensor, ctx: RunContext) -> Tensor | None:
+    """Apply the functions of one hook point in order; the new tensor, or None if none returned one.
+
+    Skips `prefill_only` hooks while decoding, and refuses a tensor from a
+    read-only hook or one whose shape differs from what the point holds.
+    """
+    changed = False
+    for hook in hooks:
+        if hook.prefill_only and not ctx.prefill:
+            continue
+        result = hook.fn(value, ctx)
+        if result is None:
+            continue
+        if not hook.writes:
+            raise HookContractError(
+                f"{_describe(hook)} at {hook.name!r} is declared read-only (writes=False) but returned a "
+                f"{type(result).__name__}; return None, or declare Hook(..., writes=True)"
+            )
+        if not isinstance(result, Tensor) or result.shape != value.shape:
+            got = tuple(result.shape) if isinstance(result, Tensor) else type(result).__name__
+            raise HookContractError(
+                f"{_describe(hook)} at {hook.name!r} returned {got}, but the point holds a tensor of shape "
+                f"{tuple(value.shape)}; return a tensor of the same shape, or None to leave it unchanged"
+            )
+        value, changed = result, True
+    return value if changed else None
+
+
+def _describe(hook: Hook) -> str:
+    fn = hook.fn.func if isinstance(hook.fn, partial) else hook.fn
+    return f"hook function {getattr(fn, '__qualname__', repr(fn))}"
 
 
 def resolve_layers(layers: Sequence[int] | None, n_layers: int, default: range) -> tuple[int, ...]:

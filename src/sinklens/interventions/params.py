@@ -25,3 +25,13 @@ def convention(value: str) -> None:
             f"convention must be 'paper' (the method as published, the default) or 'released' "
             f"(the authors' code, SPEC section 5), got {value!r}"
         )
+
+
+def non_negative(name: str, value: float) -> None:
+    if not value >= 0:
+        raise ParameterError(f"{name} must be >= 0, got {value}")
+
+
+def integer_in(name: str, value: int, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ParameterError(f"{name} must be an integer in [{low}, {high}], got {value!r}")

@@ -68,7 +68,10 @@ class FindSinks:
             )
         fn = partial(_find_sinks, dims=dims, tau=self.threshold(ctx.d_model, ctx.default_tau), strict=self.convention == "released")
         layers = resolve_layers(self.layers, ctx.n_layers, range(ctx.n_layers))
-        return [Hook(block(layer, "hook_resid_pre"), partial(fn, layer=layer), prefill_only=True) for layer in layers]
+        return [
+            Hook(block(layer, "hook_resid_pre"), partial(fn, layer=layer), prefill_only=True, writes=False)
+            for layer in layers
+        ]
 
 
     def threshold(self, d_model: int | None, default_tau: float | None = None) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -21,6 +21,7 @@ from sinklens.models.spans import GRID_RULES
 
 _REQUIRED = ("architectures", "family", "image_token_field", "layers", "text_config_field", "grid")
 _GRID_RULES = tuple(GRID_RULES)
+TL_ENTRY = "entry"
 _PATH_END = re.compile(r"\.(input|output(\.\d+)?)$")
 
 
@@ -50,11 +51,31 @@ class HookCatalogue:
     text_config_field: str
     grid: str
     nnsight: dict[str, str]
+    # TransformerBridge hook names (TransformerLens 4); empty when the file has no [transformer_lens] table
+    transformer_lens: dict[str, str] = field(default_factory=dict)
 
     def nnsight_path(self, hook: HookPoint) -> str:
         """The nnsight path of a hook point, with its layer filled in."""
         template = self.nnsight[hook.point]
         return template.format(layer=hook.layer) if hook.point in LAYER_POINTS else template
+
+    def transformer_lens_name(self, hook: HookPoint) -> str:
+        """The TransformerBridge hook name of a hook point, with its layer filled in."""
+        template = self._transformer_lens_table()[hook.point]
+        return template.format(layer=hook.layer) if hook.point in LAYER_POINTS else template
+
+    @property
+    def transformer_lens_entry(self) -> str:
+        """The bridge hook that fires once at the start of every forward pass (counts decoding steps)."""
+        return self._transformer_lens_table()[TL_ENTRY]
+
+    def _transformer_lens_table(self) -> dict[str, str]:
+        if not self.transformer_lens:
+            raise CatalogueError(
+                f"{self.source} has no [transformer_lens] table, so the TransformerLens backend cannot run "
+                f"{', '.join(self.architectures)}; add one (see hooks/llava.toml) or use the nnsight backend"
+            )
+        return self.transformer_lens
 
     @classmethod
     def from_file(cls, path: Path) -> HookCatalogue:
@@ -79,6 +100,15 @@ class HookCatalogue:
         for point, template in nnsight.items():
             if not _PATH_END.search(template):
                 raise CatalogueError(f"{path} [nnsight] {point}: {template!r} must end in .input, .output or .output.N")
+        transformer_lens = dict(data.get("transformer_lens", {}))
+        if transformer_lens:
+            unknown = sorted(set(transformer_lens) - known - {TL_ENTRY})
+            absent = sorted((known | {TL_ENTRY}) - set(transformer_lens))
+            if unknown or absent:
+                raise CatalogueError(
+                    f"{path} [transformer_lens]: unknown keys {unknown}, missing keys {absent}; the keys are "
+                    f"the hook points {sorted(known)} and {TL_ENTRY!r}"
+                )
         return cls(
             source=path,
             architectures=tuple(data["architectures"]),
@@ -88,6 +118,7 @@ class HookCatalogue:
             text_config_field=data["text_config_field"],
             grid=data["grid"],
             nnsight=nnsight,
+            transformer_lens=transformer_lens,
         )
 
 

@@ -4,7 +4,9 @@ Shapes are `[batch, head, query, key]` for attention and `[batch, pos, d_model]`
 for the residual stream; key sets are boolean masks `[batch, key]`.
 """
 
+from sinklens.ops.boost import boost_image_scores
 from sinklens.ops.contribution import attention_contribution, head_value_outputs
+from sinklens.ops.contrastive import contrastive_logits, diffusion_noise, diffusion_schedule
 from sinklens.ops.discovery import discover_sink_dims, massive_layers
 from sinklens.ops.heads import image_centric, key_mass, mean_head_ratio, visual_nonsink_ratio
 from sinklens.ops.masking import mask_keys, visible_keys
@@ -13,6 +15,10 @@ from sinklens.ops.sinks import dimension_magnitudes, sink_dimension_value, sink_
 
 __all__ = [
     "attention_contribution",
+    "boost_image_scores",
+    "contrastive_logits",
+    "diffusion_noise",
+    "diffusion_schedule",
     "dimension_magnitudes",
     "discover_sink_dims",
     "head_value_outputs",

@@ -1,0 +1,56 @@
+"""PAI: raise the pre-softmax scores of image keys (Liu et al., ECCV 2024; SPEC section 6).
+
+Acts at `blocks.{l}.attn.hook_attn_scores`, before the softmax, so in a stack it
+runs before VAR (which acts at `hook_pattern`) in the same layer whatever the
+list order. Only the attention-boost half of PAI: its image / no-image logit
+contrast is a logits-level method (see `LogitsHook` and `VCD`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import Tensor
+
+from sinklens import ops
+from sinklens.hook_points import block
+from sinklens.interventions import params
+from sinklens.interventions.base import Hook, RunContext, resolve_layers
+
+
+@dataclass(frozen=True, kw_only=True)
+class PAI:
+    """Add `alpha * |score|` to the scores of image keys, for the queries VAR acts on.
+
+    Queries: the text after the image during prefill and every generated token
+    while decoding (`RunContext.text_queries`). Layers default to 2..L-1, the
+    layers where visual sinks exist. The defaults (alpha 0.5, layers from 2) are
+    not checked against PAI's released code, which is not available here; set
+    both explicitly to reproduce a published setting.
+    """
+
+    alpha: float = 0.5
+    layers: Sequence[int] | None = None
+
+    def __post_init__(self) -> None:
+        params.non_negative("alpha", self.alpha)
+
+    def hooks(self, ctx: RunContext) -> list[Hook]:
+        layers = resolve_layers(self.layers, ctx.n_layers, range(2, ctx.n_layers))
+        fn = partial(_boost_scores, alpha=self.alpha)
+        return [Hook(block(layer, "attn.hook_attn_scores"), fn) for layer in layers]
+
+
+def _boost_scores(scores: Tensor, ctx: RunContext, *, alpha: float) -> Tensor:
+    n_queries, n_keys = scores.shape[-2:]
+    # only the rows of text queries after the image are read and written
+    first = int(ctx.image.text_start.min()) if ctx.prefill else 0
+    queries = ctx.text_queries(n_queries)[:, first:]
+    image = ctx.keys(ctx.image.mask, n_keys)
+    rows = ops.boost_image_scores(scores[:, :, first:, :], image, queries, alpha=alpha)
+    out = scores.clone() if torch.is_grad_enabled() else scores
+    out[:, :, first:, :] = rows
+    return out
