@@ -114,12 +114,15 @@ def load_toy_llava(*, progress: bool = True) -> tuple[Any, Any]:
         tmp = directory.with_name(directory.name + ".tmp")
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        if directory.exists():
-            import shutil
+        import shutil
 
+        if directory.exists():
             shutil.rmtree(tmp)
         else:
             tmp.replace(directory)
+        for stale in parts.cache_root().glob("toy-llava-*"):  # assemblies of other projectors
+            if stale != directory and not stale.name.endswith(".tmp"):
+                shutil.rmtree(stale, ignore_errors=True)
         return model, processor
     model = LlavaForConditionalGeneration.from_pretrained(directory, dtype=torch.float32, attn_implementation="eager")
     processor = AutoProcessor.from_pretrained(directory)
