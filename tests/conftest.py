@@ -123,3 +123,16 @@ def assert_logits_close(a: torch.Tensor, b: torch.Tensor, tolerance: float, what
     diff = max_diff(a[finite], b[finite]) if finite.any() else 0.0
     assert diff <= tolerance, f"{what}: max abs diff {diff} > {tolerance}"
     return diff
+
+
+@pytest.fixture(scope="session")
+def toy():
+    """toy-llava: SmolLM2 + DINOv2 with the shipped projector (real weights from pip packages)."""
+    return load("toy-llava")
+
+
+@pytest.fixture(scope="session")
+def toy_runner(toy):
+    from sinklens.backends.nnsight_backend import NnsightRunner
+
+    return NnsightRunner(toy)

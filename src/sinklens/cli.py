@@ -81,9 +81,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_model(discover)
     discover.add_argument("--prompts", type=int, default=8, help="number of scene prompts (default: 8)")
     threshold = discover.add_mutually_exclusive_group()
-    threshold.add_argument("--threshold", type=float, default=None, help="absolute threshold on |x_d|/RMS(x)")
-    threshold.add_argument("--threshold-fraction", type=float, default=20 / 64,
-                           help="threshold as a fraction of sqrt(d_model) (default: 20/64, the paper's 20 at width 4096)")  # fmt: skip
+    threshold.add_argument("--threshold", type=float, default=None,
+                           help="absolute threshold on |x_d|/RMS(x) (default: 20, as SPEC says)")  # fmt: skip
+    threshold.add_argument("--threshold-fraction", type=float, default=None,
+                           help="threshold as a fraction of sqrt(d_model), e.g. 0.3125 = the paper's 20 at width 4096")  # fmt: skip
     discover.add_argument("--first-layer", type=int, default=2)
     discover.add_argument("--out", required=True, type=Path, help="folder for sink_dims.json and sink_dims.png")
 

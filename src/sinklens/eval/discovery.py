@@ -17,10 +17,12 @@ import torch
 from sinklens import ops
 from sinklens.data.questions import CAPTION_PROMPT, questions
 from sinklens.data.scenes import scene
+from sinklens.errors import ParameterError
 from sinklens.interventions.scan import SinkDimensionScan
 from sinklens.models.loading import LoadedModel
 
-PAPER_FRACTION = 20 / 64  # the paper's threshold of 20 at LLaMA-2-7B's width (sqrt(4096) = 64)
+PAPER_THRESHOLD = 20.0  # SPEC: "massive (default > 20)"
+PAPER_FRACTION = 20 / 64  # the same 20 relative to LLaMA-2-7B's ceiling sqrt(4096) = 64
 DELIMITERS = ("\n", ".", ",", ":")
 
 
@@ -75,16 +77,27 @@ def discover(
     *,
     n_prompts: int = 8,
     threshold: float | None = None,
-    threshold_fraction: float = PAPER_FRACTION,
+    threshold_fraction: float | None = None,
     first_layer: int = 2,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """The sink dimensions of `loaded` and the per-layer evidence, as a JSON-ready dict."""
+    """The sink dimensions of `loaded` and the per-layer evidence, as a JSON-ready dict.
+
+    The threshold on |x_d| / RMS(x) is `threshold`, or `threshold_fraction` of
+    sqrt(d_model), or by default SPEC's 20.
+    """
+    if threshold is not None and threshold_fraction is not None:
+        raise ParameterError("give threshold or threshold_fraction, not both")
+    ceiling = math.sqrt(loaded.d_model)
+    used = threshold_fraction * ceiling if threshold_fraction is not None else threshold if threshold is not None else PAPER_THRESHOLD
+    if not 0 < used < ceiling:
+        raise ParameterError(
+            f"threshold {used:g} is outside (0, sqrt(d_model) = {ceiling:.1f}); no dimension could pass it. "
+            "Use a smaller threshold or threshold_fraction."
+        )
     scanned = scan_prompts(loaded, runner, n_prompts, progress)
     magnitudes, candidates, image = scanned["magnitudes"], scanned["candidates"], scanned["image"]
     d_model = magnitudes.shape[-1]
-    ceiling = math.sqrt(d_model)
-    used = threshold if threshold is not None else threshold_fraction * ceiling
     dims, prompt_share = ops.discover_sink_dims(magnitudes, candidates, threshold=used, first_layer=first_layer)
     massive = ops.massive_layers(magnitudes, candidates, used)  # [prompt, layer, d]
 
@@ -123,7 +136,8 @@ def discover(
         "d_model": d_model,
         "phi_ceiling_sqrt_d_model": round(ceiling, 3),
         "threshold": round(used, 4),
-        "threshold_rule": "absolute" if threshold is not None else f"{threshold_fraction:.4f} * sqrt(d_model)",
+        "threshold_rule": f"{threshold_fraction:.4f} * sqrt(d_model)" if threshold_fraction is not None
+        else "absolute" if threshold is not None else "SPEC default (20)",
         "first_layer": first_layer,
         "n_prompts": n_prompts,
         "rule": "massive (> threshold) at the first token or a delimiter in more than half of the layers "
