@@ -145,3 +145,15 @@ def test_cli_discover_writes_json_and_figure(tmp_path, capsys):
     assert result["sink_dims"] == [7] and len(result["per_layer"]) == 6
     assert (tmp_path / "sink_dims.png").stat().st_size > 10_000
     assert "[7]" in capsys.readouterr().out
+
+
+def test_captions_are_scored_per_attribute(tiny, runner):
+    from sinklens.data.scenes import scene
+    from sinklens.eval.captions import evaluate_captions
+
+    result = evaluate_captions(tiny, runner, n=2, max_new_tokens=4, progress=False)
+    assert set(result["accuracy"]) == {"shape_recall", "shape_precision", "count", "background", "colour", "size", "position"}
+    assert [row["truth"] for row in result["rows"]] == [scene("heldout", i).caption() for i in range(2)]
+    assert all(0.0 <= value <= 1.0 for value in result["accuracy"].values())
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        evaluate_captions(tiny, runner, n=0)

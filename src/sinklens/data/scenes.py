@@ -136,13 +136,21 @@ def _polygon(kind: str, cx: float, cy: float, r: float) -> list[tuple[float, flo
 
 def draw(scene: Scene, side: int = SIDE) -> Image.Image:
     """The scene as an RGB image of `side` x `side` pixels."""
-    image = Image.new("RGB", (side, side), BACKGROUNDS[scene.background])
+    return _paint(scene, side, Image.new("RGB", (side, side), BACKGROUNDS[scene.background]), None)
+
+
+def object_mask(scene: Scene, side: int = SIDE) -> Image.Image:
+    """A grey-scale image of the same layout: 255 where an object is, 0 on the background."""
+    return _paint(scene, side, Image.new("L", (side, side), 0), 255)
+
+
+def _paint(scene: Scene, side: int, image: Image.Image, fill: int | None) -> Image.Image:
     pen = ImageDraw.Draw(image)
     cell = side / 3
     for obj in scene.objects:
         cx, cy = (obj.cell[1] + 0.5) * cell, (obj.cell[0] + 0.5) * cell
         r = SIZES[obj.size] * side
-        colour = COLOURS[obj.colour]
+        colour = COLOURS[obj.colour] if fill is None else fill
         if obj.shape == "circle":
             pen.ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour)
         elif obj.shape == "square":
