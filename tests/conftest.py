@@ -84,7 +84,7 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # Models the backend-equivalence tests run on (tests/test_transformer_lens_backend.py).
 # A trained model joins with one more name here, once sinklens.load knows it.
-EQUIVALENCE_MODELS = ["tiny-llava"]
+EQUIVALENCE_MODELS = ["tiny-llava", "toy-llava"]
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,10 @@ from conftest import assert_logits_close, max_diff
 
 STEPS = 8
 TOLERANCE = 1e-5
+# toy-llava's logits reach ~30: there, computing lm_head on the last position alone (as HF generate
+# does) instead of on every position already moves them by 3.0e-5 in fp32 (a different GEMM shape).
+# The backends cannot agree more closely than that floor, so its test allows 1e-4.
+TOLERANCE_BY_MODEL = {"toy-llava": 1e-4}
 LAYER = 2
 
 
@@ -58,9 +62,10 @@ STACKS = {
 @pytest.mark.parametrize("stack_name", list(STACKS))
 def test_backends_agree_in_prefill_and_over_greedy_steps(model_case, stack_name):
     loaded, inputs, nnsight_runner, tl_runner = model_case
+    tolerance = TOLERANCE_BY_MODEL.get(loaded.name, TOLERANCE)
     make = STACKS[stack_name]
     nn_forward, tl_forward = nnsight_runner.forward(inputs, make()), tl_runner.forward(inputs, make())
-    assert_logits_close(nn_forward.logits, tl_forward.logits, TOLERANCE, "prefill logits")
+    assert_logits_close(nn_forward.logits, tl_forward.logits, tolerance, "prefill logits")
     for layer, sinks in nn_forward.ctx.sinks.items():
         assert torch.equal(sinks, tl_forward.ctx.sinks[layer]), f"sinks at layer {layer}"
 
@@ -69,7 +74,7 @@ def test_backends_agree_in_prefill_and_over_greedy_steps(model_case, stack_name)
     assert nn_generation.step_logits.shape[1] == STEPS
     for step in range(STEPS):
         assert_logits_close(
-            nn_generation.step_logits[:, step], tl_generation.step_logits[:, step], TOLERANCE, f"decoding step {step}"
+            nn_generation.step_logits[:, step], tl_generation.step_logits[:, step], tolerance, f"decoding step {step}"
         )
     assert nn_generation.tokens == tl_generation.tokens
     assert nn_generation.ctx.records.get("var") == tl_generation.ctx.records.get("var")

@@ -105,12 +105,34 @@ def build_bridge(loaded: LoadedModel, *, copy_model: bool = True) -> Any:
     try:
         # no tokenizer: TransformerLens would reload it from the hub to add a BOS token;
         # sinklens tokenizes with the loaded processor and hands the bridge token ids
-        return build_bridge_from_module(model, architecture, hf_config=model.config)
+        return build_bridge_from_module(
+            model, architecture, hf_config=model.config, post_adapter_hook=_wrap_unknown_vision_tower
+        )
     except (ValueError, KeyError, NotImplementedError) as e:
         raise BackendError(
             f"TransformerLens could not build a bridge for {architecture}: {e}. Use the nnsight backend "
             "(sinklens.NnsightRunner), which runs every architecture in hooks/."
         ) from e
+
+
+# vision towers TransformerLens's LLaVA adapter maps submodule by submodule
+_BRIDGED_VISION_TOWERS = ("clip_vision_model", "clip", "siglip_vision_model", "siglip")
+
+
+def _wrap_unknown_vision_tower(adapter: Any) -> None:
+    """Let the bridge carry a vision tower its adapter does not know (toy-llava's DINOv2) as one opaque block.
+
+    sinklens hooks only the language model; the tower just has to run. The bridge
+    otherwise assumes CLIP's submodule names and fails on any other tower.
+    """
+    from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
+
+    vision_config = getattr(adapter.cfg, "vision_config", None)
+    mapping = getattr(adapter, "component_mapping", None) or {}
+    if vision_config is None or "vision_encoder" not in mapping:
+        return
+    if getattr(vision_config, "model_type", "clip_vision_model") not in _BRIDGED_VISION_TOWERS:
+        mapping["vision_encoder"] = GeneralizedComponent(name=mapping["vision_encoder"].name, config=adapter.cfg)
 
 
 def transformer_lens_hooks(
