@@ -67,3 +67,7 @@ class PassError(SinklensError, ValueError):
 
 class BackendError(SinklensError, RuntimeError):
     """A backend cannot run this model or this request (the message names what it can do instead)."""
+
+
+class MissingSinksError(SinklensError, RuntimeError):
+    """An intervention needs the sink sets of a layer that no FindSinks before it has found."""

@@ -10,11 +10,14 @@ import torch
 from torch import Tensor
 
 from sinklens import ops
+from sinklens.errors import MissingSinksError
 from sinklens.hook_points import block
 from sinklens.interventions import params
 from sinklens.interventions.base import Hook, RunContext, resolve_layers
 
 RELEASED_EPS_PER_IMAGE_TOKEN = 1e-6
+HEAD_MODES = ("image_centric", "all")
+DESTINATIONS = ("image", "text", "both")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,6 +33,15 @@ class VAR:
     bounds the sink share (1 - r <= rho), sinks keep p and 1 - p moves, no head
     is selected in a layer without a visual sink, the ratio's denominator adds
     1e-6 per image token, and the edit runs in the model dtype.
+
+    Two options for the paper's ablations (defaults are the method):
+    - `heads="all"` moves the budget in every (head, text query) pair, skipping
+      the image-centric selection (rho, summ, and the released code's rule of
+      no selection in a layer without a visual sink);
+    - `destination` says which keys receive the budget, in proportion to the
+      attention they have: "image" (visual non-sinks, the method), "text" (text
+      tokens that are not sinks, generated tokens included) or "both" (every
+      non-sink key).
     """
 
     p: float = 0.6
@@ -37,11 +49,15 @@ class VAR:
     summ: float = 0.2
     convention: params.Convention = "paper"
     layers: Sequence[int] | None = None
+    heads: str = "image_centric"
+    destination: str = "image"
 
     def __post_init__(self) -> None:
         for name in ("p", "rho", "summ"):
             params.unit_interval(name, getattr(self, name))
         params.convention(self.convention)
+        params.one_of("heads", self.heads, HEAD_MODES)
+        params.one_of("destination", self.destination, DESTINATIONS)
 
     def hooks(self, ctx: RunContext) -> list[Hook]:
         last = ctx.n_layers - 1 if self.convention == "paper" else ctx.n_layers
@@ -53,7 +69,7 @@ class VAR:
 def _redistribute_pattern(pattern: Tensor, ctx: RunContext, *, layer: int, var: VAR) -> Tensor:
     sinks = ctx.sinks.get(layer)
     if sinks is None:
-        raise RuntimeError(
+        raise MissingSinksError(
             f"VAR at layer {layer} needs that layer's sink set: put FindSinks(...) before VAR in the "
             f"stack, with its layers covering {layer}"
         )
@@ -71,12 +87,17 @@ def _redistribute_pattern(pattern: Tensor, ctx: RunContext, *, layer: int, var: 
     ratio, image_attention = ops.visual_nonsink_ratio(
         rows, image, sink, eps_per_image_token=RELEASED_EPS_PER_IMAGE_TOKEN if released else 0.0
     )
-    selected = ops.image_centric(ratio, image_attention, rho=var.rho, summ=var.summ, inverted_rho=released)
-    selected &= queries[:, None, first:]
-    if released:  # the released code selects nothing in a layer without a visual sink
-        selected &= (image & sink).any(-1)[:, None, None]
+    if var.heads == "all":
+        selected = queries[:, None, first:].expand(ratio.shape)
+    else:
+        selected = ops.image_centric(ratio, image_attention, rho=var.rho, summ=var.summ, inverted_rho=released)
+        selected &= queries[:, None, first:]
+        if released:  # the released code selects nothing in a layer without a visual sink
+            selected &= (image & sink).any(-1)[:, None, None]
     keep = var.p if released else 1.0 - var.p
-    new_rows = ops.redistribute(rows, sink, image & ~sink, selected, keep=keep)
+    # padding keys hold no attention, so they never receive any in proportion
+    target = {"image": image, "text": ~image, "both": torch.ones_like(image)}[var.destination] & ~sink
+    new_rows = ops.redistribute(rows, sink, target, selected, keep=keep)
     ctx.record("var", {"layer": layer, "step": ctx.step, "n_image_centric": int(selected.sum())})
     # in place when nothing needs the original for backward: no full [q, k] copy
     out = pattern.clone() if torch.is_grad_enabled() else pattern
