@@ -43,7 +43,11 @@ def main(argv=None) -> dict:
                 series[(kind, "attention")][l].append(float(attention[mask].mean()))
     per_layer = [{"layer": l, **{f"{kind}_{what}": mean_and_spread(series[(kind, what)][l])
                                  for kind in ("sinks", "random") for what in keys}} for l in layers]  # fmt: skip
-    fig, axes = figure(1, 2, figsize=(10, 3.8))
+    for row in per_layer:  # contribution per unit of attention: how large the tokens' head outputs ||W_O v_j|| are
+        for kind in ("sinks", "random"):
+            c, a = row[f"{kind}_contribution"]["mean"], row[f"{kind}_attention"]["mean"]
+            row[f"{kind}_contribution_per_attention"] = c / a if row[f"{kind}_contribution"]["n"] and a > 0 else None
+    fig, axes = figure(1, 3, figsize=(14, 3.8))
     for ax, what, unit in zip(axes, keys, ("contribution per token (L2 norm, summed over heads)", "attention per token (mean over heads)")):
         for kind, colour, label in (("sinks", "C3", "visual sinks"), ("random", "C0", "random image tokens")):
             xs = [row["layer"] for row in per_layer if row[f"{kind}_{what}"]["n"]]
@@ -55,6 +59,15 @@ def main(argv=None) -> dict:
         ax.set_ylabel(unit, fontsize=8)
         ax.set_yscale("log")
         ax.legend(fontsize=8)
+    for kind, colour, label in (("sinks", "C3", "visual sinks"), ("random", "C0", "random image tokens")):
+        xs = [row["layer"] for row in per_layer if row[f"{kind}_contribution_per_attention"] is not None]
+        axes[2].plot(xs, [row[f"{kind}_contribution_per_attention"] for row in per_layer
+                          if row[f"{kind}_contribution_per_attention"] is not None], "o-", ms=3, color=colour, label=label)  # fmt: skip
+    axes[2].set_xlabel("layer")
+    axes[2].set_ylabel("contribution / attention", fontsize=8)
+    axes[2].set_yscale("log")
+    axes[2].legend(fontsize=8)
+    axes[2].set_title("contribution per unit attention (~ ||W_O W_V x_j||)", fontsize=9)
     axes[0].set_title("attention contribution ||a_ij W_O W_V x_j||", fontsize=9)
     axes[1].set_title("attention received", fontsize=9)
     fig.suptitle(study.title(f"visual sinks vs random image tokens (mean over text queries, {args.n} prompts, +/- 1 s.d.)",
