@@ -231,3 +231,12 @@ def test_bad_input_is_refused_with_the_fix():
         runner.forward(inputs, [SinkAblation(positions=[10_000])])
     with pytest.raises(ParameterError, match="heads .* do not exist"):
         runner.forward(inputs, [AttentionMaps(heads=[99])])
+
+
+def test_records_agree_across_backends(tl_runner):
+    lm, runner, inputs = loaded("tiny-llava"), runner_for("tiny-llava"), demo_inputs("tiny-llava")
+    stack = [FindSinks(), AttentionContribution.of(lm), HeadScores(), AttentionMaps()]
+    a, b = runner.forward(inputs, stack).ctx, tl_runner.forward(inputs, stack).ctx
+    for key in ("contribution", "contribution_output", "head_scores", "attention_maps"):
+        diff = max(max_diff(a.records[key][l], b.records[key][l]) for l in a.records[key])
+        assert diff <= TOLERANCE, f"{key}: nnsight vs TransformerLens max abs diff {diff}"

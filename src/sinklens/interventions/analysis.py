@@ -52,11 +52,6 @@ def _first_row(ctx: RunContext) -> int:
 # --- ablation ------------------------------------------------------------------------------------
 
 
-def _check_keys(keys: str) -> None:
-    if keys not in KEY_SETS:
-        raise ParameterError(f"keys must be one of {', '.join(map(repr, KEY_SETS))}, got {keys!r}")
-
-
 def _sink_keys(ctx: RunContext, layer: int, keys: str, who: str) -> Tensor:
     sinks = layer_sinks(ctx, layer, who)
     image = ctx.image.mask.to(sinks.device)
@@ -85,7 +80,7 @@ class SinkAblation:
     layers: Sequence[int] | None = None
 
     def __post_init__(self) -> None:
-        _check_keys(self.keys)
+        params.one_of("keys", self.keys, KEY_SETS)
         if self.positions is not None and any(p < 0 for p in self.positions):
             raise ParameterError(f"positions must be prompt positions >= 0, got {list(self.positions)}")
 
@@ -125,7 +120,7 @@ class RandomAblation:
     layers: Sequence[int] | None = None
 
     def __post_init__(self) -> None:
-        _check_keys(self.keys)
+        params.one_of("keys", self.keys, KEY_SETS)
         if self.count is not None:
             params.integer_in("count", self.count, 0, 1 << 30)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -273,8 +268,7 @@ class AttentionMaps:
     queries: str = "text"
 
     def __post_init__(self) -> None:
-        if self.queries not in QUERY_SETS:
-            raise ParameterError(f"queries must be one of {', '.join(map(repr, QUERY_SETS))}, got {self.queries!r}")
+        params.one_of("queries", self.queries, QUERY_SETS)
 
     def hooks(self, ctx: RunContext) -> list[Hook]:
         layers = resolve_layers(self.layers, ctx.n_layers, range(ctx.n_layers))
