@@ -17,7 +17,7 @@ def main(argv=None) -> dict:
     middle = layers[len(layers) // 2]
     examples, panels = [], []
     for index, s, question, inputs in study.prompts():
-        ctx = study.runner.forward(inputs, [sl.FindSinks(), sl.AttentionMaps(layers=layers)]).ctx
+        ctx = study.runner.forward(inputs, [study.find_sinks(), sl.AttentionMaps(layers=layers)]).ctx
         grid = image_map(ctx, layers)
         tile = max(ctx.image.images_of(0)[0].tiles, key=lambda t: t.positions.numel())
         sinks = tile.gather(ctx.sinks[middle][0].cpu())

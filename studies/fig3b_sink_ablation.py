@@ -19,9 +19,9 @@ def main(argv=None) -> dict:
     study = Study.start(args)
     seeds = list(range(args.seed, args.seed + (2 if args.smoke else 3)))
     rows = [study.pope("baseline", SPLIT, args.n),
-            study.pope("visual_sinks", SPLIT, args.n, [sl.FindSinks(), sl.SinkAblation()])]  # fmt: skip
+            study.pope("visual_sinks", SPLIT, args.n, [study.find_sinks(), sl.SinkAblation()])]  # fmt: skip
     for seed in seeds:
-        rows.append(study.pope(f"random_seed{seed}", SPLIT, args.n, [sl.FindSinks(), sl.RandomAblation(seed=seed)]))
+        rows.append(study.pope(f"random_seed{seed}", SPLIT, args.n, [study.find_sinks(), sl.RandomAblation(seed=seed)]))
     random_rows = rows[2:]
     summary = {
         "baseline": rows[0]["accuracy"],

@@ -17,6 +17,15 @@ from sinklens.eval.study import Study, figure, mean_and_spread, parse_args
 NAME = "fig3c_contribution"
 
 
+def log_scale(ax) -> None:
+    """Log y axis and a legend where something was drawn; a note where no layer had a visual sink."""
+    if any(len(line.get_ydata()) for line in ax.lines):
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no visual sink in any layer at this tau", transform=ax.transAxes, ha="center", fontsize=9)
+
+
 def main(argv=None) -> dict:
     args = parse_args(NAME, __doc__.splitlines()[0], n=20, smoke_n=2, argv=argv)
     study = Study.start(args)
@@ -27,7 +36,7 @@ def main(argv=None) -> dict:
     series = {(kind, what): {l: [] for l in layers} for kind in ("sinks", "random") for what in keys}
     generator = torch.Generator().manual_seed(args.seed)
     for _, _, _, inputs in study.prompts():
-        ctx = study.runner.forward(inputs, [sl.FindSinks(), contribution, sl.AttentionMaps(layers=layers)]).ctx
+        ctx = study.runner.forward(inputs, [study.find_sinks(), contribution, sl.AttentionMaps(layers=layers)]).ctx
         image = ctx.image.mask.cpu()
         queries = ctx.text_queries(inputs["input_ids"].shape[1])[:, int(ctx.image.text_start.min()):].cpu()
         for l in layers:
@@ -57,16 +66,14 @@ def main(argv=None) -> dict:
             ax.fill_between(xs, mean - std, mean + std, color=colour, alpha=0.2)
         ax.set_xlabel("layer")
         ax.set_ylabel(unit, fontsize=8)
-        ax.set_yscale("log")
-        ax.legend(fontsize=8)
+        log_scale(ax)
     for kind, colour, label in (("sinks", "C3", "visual sinks"), ("random", "C0", "random image tokens")):
         xs = [row["layer"] for row in per_layer if row[f"{kind}_contribution_per_attention"] is not None]
         axes[2].plot(xs, [row[f"{kind}_contribution_per_attention"] for row in per_layer
                           if row[f"{kind}_contribution_per_attention"] is not None], "o-", ms=3, color=colour, label=label)  # fmt: skip
     axes[2].set_xlabel("layer")
     axes[2].set_ylabel("contribution / attention", fontsize=8)
-    axes[2].set_yscale("log")
-    axes[2].legend(fontsize=8)
+    log_scale(axes[2])
     axes[2].set_title("contribution per unit attention (~ ||W_O W_V x_j||)", fontsize=9)
     axes[0].set_title("attention contribution ||a_ij W_O W_V x_j||", fontsize=9)
     axes[1].set_title("attention received", fontsize=9)

@@ -24,8 +24,8 @@ def main(argv=None) -> dict:
     examples = []
     fig, axes = figure(args.n, 2, figsize=(6.6, 3.1 * args.n), squeeze=False)
     for row, (index, s, question, inputs) in enumerate(study.prompts()):
-        kept = study.runner.forward(inputs, [sl.FindSinks(), maps]).ctx
-        removed = study.runner.forward(inputs, [sl.FindSinks(), sl.SinkAblation(), maps]).ctx
+        kept = study.runner.forward(inputs, [study.find_sinks(), maps]).ctx
+        removed = study.runner.forward(inputs, [study.find_sinks(), sl.SinkAblation(), maps]).ctx
         tile = max(kept.image.images_of(0)[0].tiles, key=lambda t: t.positions.numel())
         sinks = tile.gather(kept.sinks[middle][0].cpu())
         with_sinks, without = image_map(kept, layers), image_map(removed, layers)

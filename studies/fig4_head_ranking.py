@@ -23,7 +23,7 @@ def main(argv=None) -> dict:
     layers = tuple(range(2, lm.n_layers - 1))
     scores, image_attention = [], []
     for _, _, _, inputs in study.prompts():
-        ctx = study.runner.forward(inputs, [sl.FindSinks(), sl.HeadScores(layers=layers)]).ctx
+        ctx = study.runner.forward(inputs, [study.find_sinks(), sl.HeadScores(layers=layers)]).ctx
         scores.append(torch.stack([ctx.records["head_scores"][l][0] for l in layers]))  # [layer, head]
         image_attention.append(torch.stack([ctx.records["head_image_attention"][l][0] for l in layers]))
     score = torch.stack(scores).mean(0)
@@ -50,7 +50,7 @@ def main(argv=None) -> dict:
     ranking_ax.legend(fontsize=7)
     ranking_ax.set_title("heads sorted by r", fontsize=9)
     for k, pick in enumerate(picks):
-        ctx = study.runner.forward(inputs, [sl.FindSinks(layers=[pick["layer"]]),
+        ctx = study.runner.forward(inputs, [study.find_sinks(layers=[pick["layer"]]),
                                             sl.AttentionMaps(layers=[pick["layer"]], heads=[pick["head"]])]).ctx  # fmt: skip
         grid = image_map(ctx, [pick["layer"]])
         tile = max(ctx.image.images_of(0)[0].tiles, key=lambda t: t.positions.numel())

@@ -14,7 +14,7 @@ def main(argv=None) -> dict:
     args = parse_args(NAME, __doc__, n=40, smoke_n=4, argv=argv)
     study = Study.start(args)
     lm = study.loaded
-    finder = sl.FindSinks()
+    finder = study.find_sinks()
     shares = [[] for _ in range(lm.n_layers)]
     text_sinks = [[] for _ in range(lm.n_layers)]
     for _, _, _, inputs in study.prompts():

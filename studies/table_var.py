@@ -20,19 +20,20 @@ GRID_RHO, GRID_P = (0.5, 0.8), (0.3, 0.6)
 METHOD = {"rho": 0.8, "p": 0.6}
 
 
-def settings(smoke: bool) -> list[tuple[str, str, list]]:
+def settings(study: Study) -> list[tuple[str, str, list]]:
     """(label, group, stack) of every setting, baseline first."""
+    smoke = study.args.smoke
     rhos, ps = ((0.8,), (0.6,)) if smoke else (GRID_RHO, GRID_P)
     rows: list[tuple[str, str, list]] = [("baseline", "baseline", [])]
     for convention in ("paper", "released"):
         for rho in rhos:
             for p in ps:
                 var = sl.VAR(rho=rho, p=p, convention=convention)
-                rows.append((f"VAR {convention} rho={rho} p={p}", "grid", [sl.FindSinks(convention=convention), var]))
-    rows.append(("VAR all heads", "heads", [sl.FindSinks(), sl.VAR(heads="all", **METHOD)]))
-    rows.append(("VAR to text", "destination", [sl.FindSinks(), sl.VAR(destination="text", **METHOD)]))
+                rows.append((f"VAR {convention} rho={rho} p={p}", "grid", [study.find_sinks(convention=convention), var]))
+    rows.append(("VAR all heads", "heads", [study.find_sinks(), sl.VAR(heads="all", **METHOD)]))
+    rows.append(("VAR to text", "destination", [study.find_sinks(), sl.VAR(destination="text", **METHOD)]))
     if not smoke:  # the smoke run keeps one destination ablation, to stay under 40 s
-        rows.append(("VAR to image and text", "destination", [sl.FindSinks(), sl.VAR(destination="both", **METHOD)]))
+        rows.append(("VAR to image and text", "destination", [study.find_sinks(), sl.VAR(destination="both", **METHOD)]))
     return rows
 
 
@@ -40,7 +41,7 @@ def main(argv=None) -> dict:
     args = parse_args(NAME, __doc__.splitlines()[0], n=60, smoke_n=2, argv=argv)
     study = Study.start(args)
     rows = []
-    table = settings(args.smoke)
+    table = settings(study)
     for label, group, stack in table:
         for split in SPLITS:
             slug = label.replace(" ", "_").replace("=", "")

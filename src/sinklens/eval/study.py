@@ -42,11 +42,15 @@ def parse_args(name: str, description: str, *, n: int, smoke_n: int, argv: Seque
     parser.add_argument("--n", type=int, default=None, help=f"prompts / POPE examples per setting (default {n}; {smoke_n} with --smoke)")
     parser.add_argument("--smoke", action="store_true", help="a tiny run for CI: few prompts, few settings")
     parser.add_argument("--seed", type=int, default=0, help="seed of random draws (random ablation, random tokens)")
+    parser.add_argument("--tau", type=float, default=None,
+                        help="sink threshold on phi (default: the model's registered one, else the paper's 20)")
     args = parser.parse_args(argv)
     if args.n is None:
         args.n = smoke_n if args.smoke else n
     if args.n < 1:
         raise ParameterError(f"--n must be >= 1, got {args.n}")
+    if args.tau is not None and not args.tau > 0:
+        raise ParameterError(f"--tau must be > 0, got {args.tau}")
     args.name = name
     return args
 
@@ -81,6 +85,17 @@ class Study:
         loaded = sinklens.load(args.model)
         return cls(args=args, loaded=loaded, runner=sinklens.NnsightRunner(loaded))
 
+    def find_sinks(self, **kwargs: Any) -> Any:
+        """FindSinks with the run's `--tau` (the model's default when not given)."""
+        import sinklens
+
+        return sinklens.FindSinks(tau=self.args.tau, **kwargs)
+
+    @property
+    def tau(self) -> float:
+        """The absolute sink threshold of this run."""
+        return self.find_sinks().threshold(self.loaded.d_model, self.loaded.default_tau)
+
     @property
     def name(self) -> str:
         return self.args.name
@@ -96,7 +111,7 @@ class Study:
     def title(self, what: str, layers: str | None = None) -> str:
         """`MODEL: what, layers ...`, for figure titles (`layers` is the whole phrase: "layers 9-11")."""
         where = f", {layers}" if layers else ""
-        return f"{self.loaded.name}: {what}{where}"
+        return f"{self.loaded.name} (tau = {self.tau:g}): {what}{where}"
 
     def pope(self, label: str, split: str, n: int, interventions: Sequence[Any] = ()) -> dict[str, Any]:
         """POPE metrics of one setting, through the resumable `evaluate_pope` (rows under OUT/NAME_pope/)."""
@@ -122,6 +137,7 @@ class Study:
             "seed": self.args.seed,
             "n_layers": self.loaded.n_layers,
             "sink_dims": list(self.loaded.sink_dims or ()),
+            "tau": self.tau,
             **data,
             "seconds": round(time.time() - self.started, 1),
         }
