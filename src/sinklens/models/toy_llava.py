@@ -41,6 +41,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 PROJECTOR_FILE = "toy_llava_projector.safetensors"
+ASSEMBLY_FORMAT = 2  # bump when the assembled model changes, so cached assemblies are rebuilt
 
 
 def projector_path() -> Path:
@@ -75,13 +76,28 @@ def toy_llava_processor(tokenizer: Any) -> Any:
     )
 
 
+def position_table_at(vision_state: dict[str, torch.Tensor], vision_config: Any, image_size: int) -> torch.Tensor:
+    """DINOv2's position table resampled to `image_size`, exactly as `Dinov2Embeddings` does at run time.
+
+    Storing the resampled table lets the config say the true input size, so the patch
+    grid (image_size // patch_size) is read from the config like any LLaVA checkpoint.
+    """
+    from transformers.models.dinov2.modeling_dinov2 import Dinov2Embeddings
+
+    embeddings = Dinov2Embeddings(vision_config)
+    embeddings.position_embeddings.data.copy_(vision_state["embeddings.position_embeddings"])
+    n_tokens = (image_size // vision_config.patch_size) ** 2 + 1
+    with torch.no_grad():
+        return embeddings.interpolate_pos_encoding(torch.zeros(1, n_tokens, vision_config.hidden_size), image_size, image_size)
+
+
 def toy_llava_config(text_config: Any, vision_config: Any, image_token_id: int) -> Any:
     from transformers import LlavaConfig
 
     text = text_config.to_dict()
     text["vocab_size"] = image_token_id + 1
     return LlavaConfig(
-        vision_config=vision_config.to_dict() | {"model_type": "dinov2"},
+        vision_config=vision_config.to_dict() | {"model_type": "dinov2", "image_size": IMAGE_SIZE},
         text_config=text,
         image_token_id=image_token_id,
         vision_feature_select_strategy="default",
@@ -108,7 +124,7 @@ def load_toy_llava(*, progress: bool = True) -> tuple[Any, Any]:
             "`python studies/train_toy_llava.py --out DIR`"
         )
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
-    directory = parts.cache_root() / f"toy-llava-{digest}-v{parts.FORMAT}"
+    directory = parts.cache_root() / f"toy-llava-{digest}-v{parts.FORMAT}.{ASSEMBLY_FORMAT}"
     if not (directory / "config.json").is_file():
         model, processor = build_toy_llava(projector=weights, progress=progress)
         tmp = directory.with_name(directory.name + ".tmp")
@@ -157,6 +173,8 @@ def build_toy_llava(
     # the <image> row is never looked up (image features replace it); give it the mean embedding
     lm_state["model.embed_tokens.weight"] = torch.cat([embeddings, embeddings.mean(0, keepdim=True)])
     state = {key.replace("model.", "model.language_model.", 1): value for key, value in lm_state.items()}
+    vision_state = dict(vision_state)
+    vision_state["embeddings.position_embeddings"] = position_table_at(vision_state, vision_config, IMAGE_SIZE)
     state |= {f"model.vision_tower.{key}": value for key, value in vision_state.items()}
     if projector is True:
         projector = projector_path()
