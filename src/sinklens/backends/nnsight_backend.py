@@ -22,6 +22,12 @@ and inside your own generation, one step at a time from step 0::
 or in one call: `NnsightRunner(lm).generate(inputs, [FindSinks(), VAR()])`.
 A stack with VCD runs two passes in one batch: give your own trace
 `expand_inputs(stack, inputs)` instead of `inputs` (the runner does it).
+
+Remote: `NnsightRunner(lm, remote="local")` runs every call through nnsight's
+local simulation of a remote request, `remote=True` on NDIF (build that runner
+with `sinklens.backends.remote.connect(hub_id)`); a call's `remote=` overrides
+the runner's. The client makes the `plan` (hooks grouped by point, with their
+nnsight paths); `run_plan` is what runs next to the model. docs/remote.md.
 """
 
 from __future__ import annotations
