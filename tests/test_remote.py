@@ -146,6 +146,56 @@ def test_a_server_without_sinklens_or_jaxtyping_runs_the_request(name):
     assert result["forward_max_diff"] <= TOLERANCE and result["generate_max_diff"] <= TOLERANCE
 
 
+def _saved_copy(name: str, tmp_path_factory) -> Path:
+    """A folder holding the built-in's config, processor and weights, as a hub checkpoint would."""
+    if name == "toy-llava":  # its cached assembly is such a folder already
+        from sinklens.models import parts
+
+        runner_for(name)  # loads toy-llava, which assembles the folder the first time
+        (folder,) = [path for path in parts.cache_root().glob("toy-llava-*") if (path / "config.json").is_file()]
+        return folder
+    folder = tmp_path_factory.mktemp(name)
+    lm = runner_for(name).loaded
+    lm.model.save_pretrained(folder)
+    lm.processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("name", REMOTE_MODELS)
+def test_a_weightless_client_gets_the_local_logits_from_a_server(name, tmp_path_factory, monkeypatch):
+    """connect() on a checkpoint folder gives a meta-model client; Simulation(server=...) runs its requests as NDIF would."""
+    from sinklens.backends.nnsight_backend import wrap
+    from sinklens.backends.remote import connect
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    client = connect(str(_saved_copy(name, tmp_path_factory)), check=False)
+    assert client.remote is True and client.loaded.model.device.type == "meta"
+    assert client.model._remoteable_get_env()["attn_implementation"] == "eager"  # sent with every request
+    local = runner_for(name)
+    inputs = client.loaded.prepare(*_scene_and_question(name))
+    dims = local.loaded.sink_dims  # the folder's name is in no registry
+    stack = sl.Stack(sl.FindSinks(dims=dims), sl.PAI(alpha=0.3), sl.VAR(), ("blocks.3.attn.hook_pattern", damp_first_key))
+    simulation = Simulation(server=wrap(local.loaded))
+    served = client.forward(inputs, stack, remote=simulation)
+    assert_logits_close(local.forward(inputs, stack).logits, served.logits, TOLERANCE, "prefill")
+    _same_state(local.forward(inputs, stack).ctx, served.ctx)
+    steps = client.generate(inputs, stack, max_new_tokens=STEPS, remote=simulation)
+    expected = local.generate(inputs, stack, max_new_tokens=STEPS)
+    assert_logits_close(expected.step_logits, steps.step_logits, TOLERANCE, "decoding")
+    assert expected.texts == steps.texts
+    weights = sum(p.numel() * p.element_size() for p in local.loaded.model.parameters())
+    for request, answer in zip(simulation.payloads, simulation.results, strict=True):
+        assert request.foreign == frozenset() and request.size < weights / 50
+        assert answer.foreign == frozenset()  # what comes back is plain data: no sinklens class in it
+        print(f"{name}: request {request.size:,} bytes, answer {answer.size:,} bytes")
+
+
+def _scene_and_question(name: str):
+    from sinklens.models.loading import demo_scene
+
+    return demo_scene(name), "What is in the image?"
+
+
 # ---- before a remote run: key and deployment ----------------------------------------------------
 
 # The shape of NDIF's /status answer (nnsight.status(raw=True)), with made-up deployments.

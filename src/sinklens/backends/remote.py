@@ -27,11 +27,12 @@ the data it returned.
 from __future__ import annotations
 
 import inspect
+import linecache
 import pickletools
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sinklens.errors import RemoteError
@@ -103,21 +104,33 @@ def check_ready(model: str, *, api_key: str | None, status: Mapping[str, Any]) -
     )
 
 
-def ensure_ready(model: str) -> None:
-    """`check_ready` on the configured key and NDIF's live status: the check before a `remote=True` run."""
+def deployed_task(model: str, status: Mapping[str, Any]) -> str | None:
+    """The pipeline task NDIF serves `model` under (part of the model key a request must match), if it says."""
+    for name, deployment in dict(status.get("deployments") or {}).items():
+        if deployment.get("repo_id", name) == model and deployment.get("application_state") == "RUNNING":
+            return deployment.get("task")
+    return None
+
+
+def ensure_ready(model: str) -> dict[str, Any]:
+    """`check_ready` on the configured key and NDIF's live status (which it returns): the check before `remote=True`."""
     key = api_key()
     if not key:  # no network call when the key alone decides
         check_ready(model, api_key=key, status={})
-    check_ready(model, api_key=key, status=fetch_status())
+    status = fetch_status()
+    check_ready(model, api_key=key, status=status)
+    return status
 
 
-def connect(repo_id: str, *, check: bool = True) -> Any:
+def connect(repo_id: str, *, check: bool = True, task: str | None = None) -> Any:
     """An `NnsightRunner` whose runs go to NDIF's deployment of `repo_id` (no weights are downloaded).
 
     Checks the key and the deployment first (`check=False` skips it). The
     client holds nnsight's meta model (config, module tree; no weights) and the
     processor; eager attention is requested with every request (nnsight sends
-    the model's attention implementation, and the server switches to it).
+    the model's attention implementation, and the server switches to it). The
+    task is the deployment's (it is part of the model key), else `task`, else
+    "image-text-to-text".
     """
     from nnsight import TransformersModel
 
@@ -126,10 +139,16 @@ def connect(repo_id: str, *, check: bool = True) -> Any:
     from sinklens.models.processors import load_processor
 
     if check:
-        ensure_ready(repo_id)
-    model = TransformersModel(repo_id, attn_implementation="eager")  # meta: nothing but the config is fetched
-    hf_model = model._module
-    loaded = from_hf(hf_model, load_processor(repo_id, hf_model.config.model_type), name=repo_id)
+        task = task or deployed_task(repo_id, ensure_ready(repo_id))
+    from transformers import AutoConfig
+
+    processor = load_processor(repo_id, AutoConfig.from_pretrained(repo_id).model_type)
+    # a meta model: the config and the processor are fetched, no weights
+    model = TransformersModel(
+        repo_id, attn_implementation="eager", task=task or "image-text-to-text",
+        processor=processor, tokenizer=processor.tokenizer,
+    )
+    loaded = from_hf(model._module, processor, name=repo_id)
     return NnsightRunner(loaded, model=model, remote=True)
 
 
@@ -187,13 +206,15 @@ def unwrapped_checkers(package: str) -> Iterator[None]:
         if module is None or not (name == package or name.startswith(package + ".")):
             continue
         for owner_name, owner in list(vars(module).items()):
+            # the package's own functions and classes, wherever they are imported (a module's globals
+            # are what a function shipped by value carries)
+            if not str(getattr(owner, "__module__", None) or "").startswith(package):
+                continue
             if inspect.isclass(owner) and owner.__module__ == name:
                 for attribute, value in list(vars(owner).items()):
-                    plain = _plain(value)
-                    if plain is not value:
+                    if _plain(value) is not value:
                         swaps.append((owner, attribute, value))
-            plain = _plain(owner)
-            if plain is not owner and getattr(owner, "__module__", None) == name:
+            if _plain(owner) is not owner:
                 swaps.append((module, owner_name, owner))
     for owner, attribute, value in swaps:
         setattr(owner, attribute, _plain(value))
@@ -243,28 +264,101 @@ class Payload:
 
 @dataclass
 class Simulation:
-    """nnsight's local simulation of a remote request, keeping every request's `Payload`.
+    """A remote request run here, keeping every request's `Payload`. Pass it as `remote=` to a runner.
 
-    Pass it as `remote=` to a runner. The request is serialised as nnsight's
-    remote backend would (uncompressed), measured, then run by nnsight's
-    `LocalSimulationBackend`. `keep_bytes` keeps the request itself too
-    (`Payload.blob`), to replay it elsewhere.
+    By default nnsight's local simulation (`LocalSimulationBackend`): the
+    request is serialised as nnsight's remote backend would (uncompressed),
+    measured, deserialised with local modules hidden, and run on the client's
+    model. With `server` (an nnsight model holding the weights, e.g.
+    `wrap(sinklens.load(...))`), the request is run as NDIF runs it instead:
+    deserialised against the server's model (after applying the request's
+    environment: its attention implementation), executed there, and only the
+    saved values come back, through `torch.save` as NDIF sends them. The client
+    can then be a weightless runner from `connect(..., check=False)`.
+    `keep_bytes` keeps the request itself too (`Payload.blob`).
     """
 
     keep_bytes: bool = False
+    server: Any = None
     payloads: list[Payload] = field(default_factory=list)
+    results: list[Payload] = field(default_factory=list)  # what came back, when `server` ran it
 
     def backend(self, model: Any) -> Any:
         from nnsight.intervention.backends.local import LocalSimulationBackend
+        from nnsight.tracing.backend import Backend
 
-        payloads, keep = self.payloads, self.keep_bytes
+        simulation = self
 
         class _Measured(LocalSimulationBackend):
             def __call__(self, tracer: Any) -> None:
-                payloads.append(measure(tracer, keep_bytes=keep))
+                simulation.payloads.append(measure(tracer, keep_bytes=simulation.keep_bytes))
                 super().__call__(tracer)
 
-        return _Measured(model)
+        class _Served(Backend):
+            def __call__(self, tracer: Any) -> None:
+                payload = measure(tracer, keep_bytes=True)
+                simulation.payloads.append(payload if simulation.keep_bytes else replace(payload, blob=None))
+                # deserialising registers the block's source under the caller's file name; in this process
+                # that would hide the real file from later requests' source lookups (as nnsight's local
+                # simulation also guards against)
+                filename = tracer.info.frame.f_code.co_filename
+                real = linecache.cache.get(filename)
+                try:
+                    result, sent = serve(simulation.server, payload.blob, env=model._remoteable_get_env())
+                finally:
+                    if real is not None:
+                        linecache.cache[filename] = real
+                    else:
+                        linecache.cache.pop(filename, None)
+                simulation.results.append(Payload(size=len(sent), modules=referenced_modules(_torch_pickle(sent))))
+                _push(tracer, result)
+
+        return _Served() if self.server is not None else _Measured(model)
+
+
+def serve(server: Any, blob: bytes, *, env: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """Run a serialised request on `server` (an nnsight model with weights) as NDIF would.
+
+    Returns the saved values, after a round trip through `torch.save` /
+    `torch.load` as NDIF sends them, and the bytes that round trip made.
+    """
+    import io
+
+    import torch
+    from nnsight.schema.request import RequestModel
+
+    server._remoteable_set_env(dict(env))
+    restored = RequestModel.deserialize(blob, server._remoteable_persistent_objects(), compress=False)
+    sent_in = dict(restored.info.frame.f_locals)  # what the request captured; the saved values are added to it
+    restored.execute(restored.info.code)
+    saved = {
+        name: value for name, value in restored.info.frame.f_locals.items()
+        if name not in sent_in or sent_in[name] is not value
+    }  # fmt: skip
+    buffer = io.BytesIO()
+    torch.save(saved, buffer, pickle_protocol=4)
+    sent = buffer.getvalue()
+    return torch.load(io.BytesIO(sent), map_location="cpu", weights_only=False), sent
+
+
+def _torch_pickle(saved: bytes) -> bytes:
+    """The pickle inside a `torch.save` archive (tensors' storages are beside it)."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(saved)) as archive:
+        (name,) = [name for name in archive.namelist() if name.endswith("/data.pkl")]
+        return archive.read(name)
+
+
+def _push(tracer: Any, result: Mapping[str, Any]) -> None:
+    """Put a request's saved values into the caller's frame, as nnsight's RemoteBackend does."""
+    import nnsight
+    from nnsight.tracing.util import push
+
+    for value in result.values():
+        nnsight.save(value)
+    push(tracer.info.frame, dict(result))
 
 
 def measure(tracer: Any, *, keep_bytes: bool = False) -> Payload:
