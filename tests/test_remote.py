@@ -78,8 +78,11 @@ def test_local_simulation_gives_the_local_logits(name, case):
     runner, inputs = runner_for(name), demo_inputs(name)
     stack = REMOTE_CASES[case]()
     local = runner.forward(inputs, stack)
-    remote = runner.forward(inputs, stack, remote="local")
+    simulation = Simulation()  # nnsight's remote="local", measuring the request on the way
+    remote = runner.forward(inputs, stack, remote=simulation)
     assert_logits_close(local.logits, remote.logits, TOLERANCE, f"{case} prefill")
+    (payload,) = simulation.payloads
+    assert payload.foreign == frozenset(), f"{case} names modules an NDIF server lacks: {sorted(payload.foreign)}"
     _same_state(local.ctx, remote.ctx)
     local_steps = runner.generate(inputs, stack, max_new_tokens=STEPS)
     remote_steps = runner.generate(inputs, stack, max_new_tokens=STEPS, remote="local")
@@ -233,6 +236,15 @@ def test_a_model_ndif_does_not_host_is_refused_with_the_hosted_ones():
     assert "does not host llava-hf/llava-1.5-13b-hf" in message
     assert "llava-hf/llava-1.5-7b-hf, meta-llama/Llama-3.1-8B" in message
     assert "Qwen/Qwen2-VL-7B-Instruct" not in message  # not running
+
+
+def test_the_deployments_task_is_read_from_the_status():
+    from sinklens.backends.remote import deployed_task
+
+    status = {"deployments": {"a": {"repo_id": "x/y", "deployment_level": "HOT", "application_state": "RUNNING",
+                                    "task": "image-text-to-text"}}}  # fmt: skip
+    assert deployed_task("x/y", status) == "image-text-to-text"
+    assert deployed_task("x/z", status) is None
 
 
 def test_a_model_still_deploying_says_so():
