@@ -208,7 +208,8 @@ def unwrapped_checkers(package: str) -> Iterator[None]:
         for owner_name, owner in list(vars(module).items()):
             # the package's own functions and classes, wherever they are imported (a module's globals
             # are what a function shipped by value carries)
-            if not str(getattr(owner, "__module__", None) or "").startswith(package):
+            home = str(getattr(owner, "__module__", None) or "")
+            if not (home == package or home.startswith(package + ".")):
                 continue
             if inspect.isclass(owner) and owner.__module__ == name:
                 for attribute, value in list(vars(owner).items()):
