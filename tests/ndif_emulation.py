@@ -65,6 +65,7 @@ def client(name: str) -> dict:
 
 
 def server(model, processor, blob: bytes) -> dict:
+    # sinklens.backends.remote.serve does this too, but here sinklens must not be importable
     from nnsight import TransformersModel
     from nnsight.schema.request import RequestModel
     from nnsight.tracing.tracer import dec, inc
