@@ -67,3 +67,7 @@ class PassError(SinklensError, ValueError):
 
 class BackendError(SinklensError, RuntimeError):
     """A backend cannot run this model or this request (the message names what it can do instead)."""
+
+
+class RemoteError(SinklensError, RuntimeError):
+    """A remote (NDIF) run cannot start: no API key, a model NDIF does not host, or a bad `remote=` value."""
