@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     pope.add_argument("--split", choices=("random", "popular", "adversarial"), default="random")
     pope.add_argument("--n", type=int, default=300, help="number of questions (default: 300)")
     _add_stack(pope, var_default=False)
+    pope.add_argument("--vcd", action="store_true", help="visual contrastive decoding (with --var: VAR in both passes)")
+    pope.add_argument("--vcd-alpha", type=float, default=1.0, help="VCD contrast strength (default: 1)")
+    pope.add_argument("--vcd-beta", type=float, default=0.1, help="VCD plausibility cut-off (default: 0.1)")
     pope.add_argument("--max-new-tokens", type=int, default=3)
     pope.add_argument("--restart", action="store_true", help="discard a previous run in --out instead of resuming it")
     pope.add_argument("--out", required=True, type=Path, help="folder for pope.jsonl (one line per example) and pope.json")
@@ -200,6 +203,10 @@ def eval_pope(args: argparse.Namespace) -> dict[str, Any]:
     from sinklens.models import load
 
     stack = _stack(args, with_var=args.var)  # check parameters before loading anything
+    if args.vcd:
+        from sinklens.interventions import VCD
+
+        stack.append(VCD(alpha=args.vcd_alpha, beta=args.vcd_beta))
     if args.restart:
         pope.restart(args.out)
     lm = load(args.model)
