@@ -13,8 +13,9 @@ the image, mean over heads) at every layer. Per layer it reports:
   mirrored image's sinks sit at the mirrored positions; if they follow the token order
   (position), they stay where they were. Both overlaps (IoU) are reported.
 
-Writes DIR/toy_llava_sinks.json, DIR/toy_llava_sinks.png (per-layer curves) and
-DIR/toy_llava_sinks_examples.png (sinks over two scenes and their mirrors).
+Writes DIR/NAME.json, DIR/NAME.png (per-layer curves) and DIR/NAME_examples.png
+(sinks over two scenes and their mirrors); NAME is `--name` (default toy_llava_sinks).
+`--tau` runs the same analysis at another threshold.
 """
 
 from __future__ import annotations
@@ -70,9 +71,9 @@ def iou(a: torch.Tensor, b: torch.Tensor) -> float | None:
     return (a & b).sum().item() / union if union else None
 
 
-def measure(lm, runner, image, layers):
+def measure(lm, runner, image, layers, find):
     inputs = lm.prepare(image, QUESTION)
-    ctx = runner.forward(inputs, [FindSinks(), TextToImageAttention(layers)]).ctx
+    ctx = runner.forward(inputs, [find, TextToImageAttention(layers)]).ctx
     image_mask = ctx.image.mask[0].cpu()
     return {
         "sinks": {layer: ctx.sinks[layer][0].cpu() for layer in layers},
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="toy-llava")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--n", type=int, default=40, help="held-out scenes (default: 40)")
+    parser.add_argument("--tau", type=float, default=None, help="sink threshold (default: the model's)")
+    parser.add_argument("--name", default="toy_llava_sinks", help="file name stem of the outputs")
     parser.add_argument("--smoke", action="store_true", help="2 scenes, to check the pipeline")
     args = parser.parse_args(argv)
     n = 2 if args.smoke else args.n
@@ -102,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     side = lm.processor.image_processor.size["height"]
     patch = side // rows
     layers = tuple(range(lm.n_layers))
-    tau = FindSinks().threshold(lm.d_model, lm.default_tau)
+    find = FindSinks(tau=args.tau)
+    tau = find.threshold(lm.d_model, lm.default_tau)
 
     keys = ("visual", "text", "attention_share", "token_share", "on_background", "iou_content", "iou_position",
             "phi_first_token", "phi_image_max", "phi_image_median", *(f"image_phi_over_{t:g}" for t in SWEEP))
@@ -112,8 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     for index in tqdm(range(n), desc="scenes (original and mirrored)"):
         s = scene("heldout", index)
         picture = s.image()
-        original = measure(lm, runner, picture, layers)
-        mirrored = measure(lm, runner, ImageOps.mirror(picture), layers)
+        original = measure(lm, runner, picture, layers, find)
+        mirrored = measure(lm, runner, ImageOps.mirror(picture), layers, find)
         coverage = patch_coverage(s, side, patch)
         background = coverage < BACKGROUND_COVERAGE
         background_rate.append(background.float().mean().item())
@@ -160,9 +164,9 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": round(time.perf_counter() - started, 1),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "toy_llava_sinks.json").write_text(json.dumps(summary, indent=1) + "\n")
-    plot_layers(summary, args.out / "toy_llava_sinks.png")
-    plot_examples(examples, lm, rows, args.out / "toy_llava_sinks_examples.png")
+    (args.out / f"{args.name}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    plot_layers(summary, args.out / f"{args.name}.png")
+    plot_examples(examples, lm, rows, args.out / f"{args.name}_examples.png", tau=tau)
     print(json.dumps({k: v for k, v in summary.items() if k != "per_layer"}, indent=1))
 
 
@@ -226,13 +230,13 @@ def plot_layers(summary, path):
     plt.close(fig)
 
 
-def plot_examples(examples, lm, rows, path, layer: int | None = None):
+def plot_examples(examples, lm, rows, path, tau: float, layer: int | None = None):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    layer = layer if layer is not None else lm.n_layers // 2
+    layer = layer if layer is not None else max(1, round(lm.n_layers * 0.8))
     fig, axes = plt.subplots(len(examples), 2, figsize=(7, 3.5 * len(examples)), dpi=110, squeeze=False)
     for row, (s, picture, original, mirrored) in enumerate(examples):
         for col, (shown, measured, name) in enumerate(((picture, original, "original"),
@@ -245,7 +249,7 @@ def plot_examples(examples, lm, rows, path, layer: int | None = None):
                 ax.add_patch(plt.Rectangle((c * cell, r * cell), cell, cell, fill=False, ec="red", lw=1.2))
             ax.set_title(f"scene {s.index}, {name}: {int(visual.sum())} visual sinks (red)", fontsize=8)
             ax.axis("off")
-    fig.suptitle(f"{lm.name}: visual sinks at layer {layer} (patch grid {rows} x {rows})", fontsize=10)
+    fig.suptitle(f"{lm.name}: image tokens with phi >= {tau:g} at layer {layer} (patch grid {rows} x {rows})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

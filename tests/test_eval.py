@@ -157,3 +157,10 @@ def test_captions_are_scored_per_attribute(tiny, runner):
     assert all(0.0 <= value <= 1.0 for value in result["accuracy"].values())
     with pytest.raises(ValueError, match="n must be >= 1"):
         evaluate_captions(tiny, runner, n=0)
+
+
+def test_cli_eval_pope_with_vcd(tmp_path):
+    assert main(["eval", "pope", "--model", "tiny-llava", "--n", "2", "--vcd", "--vcd-beta", "0.5", "--var",
+                 "--out", str(tmp_path)]) == 0  # fmt: skip
+    result = json.loads((tmp_path / "pope.json").read_text())
+    assert result["n"] == 2 and result["stack"][2].startswith("VCD(alpha=1.0, beta=0.5")

@@ -283,7 +283,6 @@ def test_released_selects_nothing_without_a_visual_sink():
 def test_var_hook_matches_oracle(convention):
     """The real hook in interventions/var.py against the oracle, on one prefill pattern."""
     from sinklens.interventions import VAR, RunContext
-    from sinklens.interventions.var import _redistribute_pattern
     from sinklens.models.spans import ImageSpans
 
     n_pos, layer = 8, 2
@@ -296,7 +295,8 @@ def test_var_hook_matches_oracle(convention):
     everywhere = torch.ones(1, n_pos, dtype=torch.bool)
     ctx = RunContext(image=ImageSpans(mask=image), attention_mask=everywhere, n_layers=4, sinks={layer: sink})
     var = VAR(p=0.6, rho=0.5, summ=0.2, convention=convention)
-    out = _redistribute_pattern(pattern.clone(), ctx, layer=layer, var=var)
+    (hook,) = [hook for hook in var.hooks(ctx) if hook.name == f"blocks.{layer}.attn.hook_pattern"]
+    out = hook.fn(pattern.clone(), ctx)
     text_queries = torch.arange(n_pos)[None, :] >= 5
     expected = oracles.var_rows(pattern, image, sink, text_queries, p=0.6, rho=0.5, summ=0.2, convention=convention)
     assert ctx.records["var"][0]["n_image_centric"] > 0

@@ -64,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--prompt", required=True, help="the question about the image")
     _add_stack(run, var_default=True)
     run.add_argument("--max-new-tokens", type=int, default=16)
+    run.add_argument(
+        "--remote", choices=("off", "local", "ndif"), default="off",
+        help="off: run here; local: nnsight's local simulation of a remote request; ndif: run on NDIF "
+        "(--model a hub id NDIF hosts; needs NDIF_API_KEY)",
+    )
     run.add_argument("--out", required=True, type=Path, help="folder for result.json")
 
     evaluate = commands.add_parser("eval", help="evaluate on a benchmark")
@@ -73,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     pope.add_argument("--split", choices=("random", "popular", "adversarial"), default="random")
     pope.add_argument("--n", type=int, default=300, help="number of questions (default: 300)")
     _add_stack(pope, var_default=False)
+    pope.add_argument("--vcd", action="store_true", help="visual contrastive decoding (with --var: VAR in both passes)")
+    pope.add_argument("--vcd-alpha", type=float, default=1.0, help="VCD contrast strength (default: 1)")
+    pope.add_argument("--vcd-beta", type=float, default=0.1, help="VCD plausibility cut-off (default: 0.1)")
     pope.add_argument("--max-new-tokens", type=int, default=3)
     pope.add_argument("--restart", action="store_true", help="discard a previous run in --out instead of resuming it")
     pope.add_argument("--out", required=True, type=Path, help="folder for pope.jsonl (one line per example) and pope.json")
@@ -156,13 +164,20 @@ def run(args: argparse.Namespace) -> Path:
     for path in args.image:
         if not path.is_file():
             raise FileNotFoundError(f"--image {path} does not exist; draw one with `sinklens draw-scene --out PATH`")
-    lm = load(args.model)
-    runner = NnsightRunner(lm)
+    if args.remote == "ndif":
+        from sinklens.backends.remote import connect
+
+        runner = connect(args.model)  # fails fast, naming what is missing: the API key, or the hosted models
+        lm = runner.loaded
+    else:
+        lm = load(args.model)
+        runner = NnsightRunner(lm, remote="local" if args.remote == "local" else False)
     inputs = lm.prepare([Image.open(path) for path in args.image], args.prompt)
     base = runner.generate(inputs, [find], max_new_tokens=args.max_new_tokens)
     edited = runner.generate(inputs, [find, var], max_new_tokens=args.max_new_tokens) if args.var else None
     result = {
         "model": lm.name,
+        "remote": args.remote,
         "prompt": args.prompt,
         "image": [str(path) for path in args.image],
         "sink_dims": list(args.sink_dims or lm.sink_dims or ()),
@@ -188,6 +203,10 @@ def eval_pope(args: argparse.Namespace) -> dict[str, Any]:
     from sinklens.models import load
 
     stack = _stack(args, with_var=args.var)  # check parameters before loading anything
+    if args.vcd:
+        from sinklens.interventions import VCD
+
+        stack.append(VCD(alpha=args.vcd_alpha, beta=args.vcd_beta))
     if args.restart:
         pope.restart(args.out)
     lm = load(args.model)

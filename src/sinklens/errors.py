@@ -71,3 +71,7 @@ class BackendError(SinklensError, RuntimeError):
 
 class MissingSinksError(SinklensError, RuntimeError):
     """An intervention needs the sink sets of a layer that no FindSinks before it has found."""
+
+
+class RemoteError(SinklensError, RuntimeError):
+    """A remote (NDIF) run cannot start: no API key, a model NDIF does not host, or a bad `remote=` value."""

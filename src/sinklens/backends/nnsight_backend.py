@@ -22,14 +22,22 @@ and inside your own generation, one step at a time from step 0::
 or in one call: `NnsightRunner(lm).generate(inputs, [FindSinks(), VAR()])`.
 A stack with VCD runs two passes in one batch: give your own trace
 `expand_inputs(stack, inputs)` instead of `inputs` (the runner does it).
+
+Remote: `NnsightRunner(lm, remote="local")` runs every call through nnsight's
+local simulation of a remote request, `remote=True` on NDIF (build that runner
+with `sinklens.backends.remote.connect(hub_id)`); a call's `remote=` overrides
+the runner's. The client makes the `plan` (hooks grouped by point, with their
+nnsight paths); `run_plan` is what runs next to the model. docs/remote.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from itertools import groupby
 from typing import Any
 
+import nnsight
 import torch
 from torch import Tensor
 
@@ -41,12 +49,16 @@ from sinklens.backends.common import (
     make_context,
     prepare,
 )
+from sinklens.backends.remote import check_remote_argument, shipping, trace_options
 from sinklens.errors import CatalogueError
 from sinklens.interventions.base import Hook, Members, RunContext, apply_point, ordered_hooks
 from sinklens.models.catalogue import HookCatalogue
 from sinklens.models.loading import LoadedModel
 
-__all__ = ["ForwardResult", "GenerationResult", "NnsightRunner", "attach", "make_context", "run_hooks", "wrap"]
+__all__ = [
+    "ForwardResult", "GenerationResult", "NnsightRunner", "PlanPoint", "attach", "make_context", "plan",
+    "run_hooks", "run_plan", "wrap",
+]
 
 
 def wrap(loaded: LoadedModel) -> Any:
@@ -67,41 +79,94 @@ def _split(path: str) -> tuple[str, str, int | None]:
     return head, last, None
 
 
-def _envoy(root: Any, module_path: str, hook_name: str, catalogue: HookCatalogue) -> Any:
+def plan_points(catalogue: HookCatalogue, hooks: Sequence[Hook]) -> list[PlanPoint]:
+    """Ordered hooks grouped by point, each point resolved to its nnsight path (on the client).
+
+    The plan is what travels to an NDIF server: paths as strings and the hook
+    functions, so the server needs neither the catalogue nor its TOML files.
+    """
+    points = []
+    for _, grouped in groupby(hooks, key=lambda hook: hook.name):
+        group = tuple(grouped)
+        module_path, attribute, index = _split(catalogue.nnsight_path(group[0].point))
+        points.append(PlanPoint(group[0].name, module_path, attribute, index, group, str(catalogue.source)))
+    return points
+
+
+@dataclass(frozen=True)
+class PlanPoint:
+    """One hook point of a run: where it lives in the nnsight tree and the hooks applied there, in order."""
+
+    name: str
+    module_path: str
+    attribute: str  # "input", "output", or a .source operation's "input"/"output"
+    index: int | None  # element of a tuple input/output, or None for the whole value
+    hooks: tuple[Hook, ...]
+    source: str  # the catalogue file the path comes from, for error messages
+
+
+# ---- what runs next to the model (locally, or on an NDIF server) ------------------------------
+# These functions run inside the trace. For a remote run they are shipped by value (with the
+# interventions' hook functions and the ops they call): they use torch and sinklens code only.
+
+
+def _envoy(root: Any, point: PlanPoint) -> Any:
     node = root
-    for part in module_path.split("."):
+    for part in point.module_path.split("."):
         try:
             node = node[int(part)] if part.isdigit() else getattr(node, part)
         except (AttributeError, IndexError, KeyError) as e:
             raise CatalogueError(
-                f"{catalogue.source}: the path of {hook_name!r} ({module_path}) fails at {part!r} on the "
+                f"{point.source}: the path of {point.name!r} ({point.module_path}) fails at {part!r} on the "
                 f"installed transformers: {e}. Fix the path in the catalogue file."
             ) from e
     return node
 
 
-def _run_point(root: Any, catalogue: HookCatalogue, hooks: Sequence[Hook], ctx: RunContext) -> None:
+def _run_point(root: Any, point: PlanPoint, ctx: RunContext) -> None:
     """Read one hook point once, apply its functions in order, write back if any returned a tensor."""
-    name = hooks[0].name
-    module_path, attribute, index = _split(catalogue.nnsight_path(hooks[0].point))
-    envoy = _envoy(root, module_path, name, catalogue)
-    whole = getattr(envoy, attribute)
-    value = whole[index] if index is not None else whole
-    result = apply_point(hooks, value, ctx)
+    envoy = _envoy(root, point)
+    whole = getattr(envoy, point.attribute)
+    value = whole[point.index] if point.index is not None else whole
+    result = apply_point(point.hooks, value, ctx)
     if result is not None:
-        if index is not None:
+        if point.index is not None:
             parts = list(whole)
-            parts[index] = result
+            parts[point.index] = result
             result = type(whole)(parts)
-        setattr(envoy, attribute, result)
+        setattr(envoy, point.attribute, result)
+
+
+def _run_step(root: Any, plan: Sequence[PlanPoint], ctx: RunContext) -> None:
+    for point in plan:
+        # a point whose hooks are all prefill-only is not even read while decoding
+        if ctx.prefill or not all(hook.prefill_only for hook in point.hooks):
+            _run_point(root, point, ctx)
+
+
+def run_plan(
+    root: Any, plan: Sequence[PlanPoint], ctx: RunContext, *, tracer: Any = None, steps: int | None = None
+) -> dict[str, Any]:
+    """Apply a plan inside a trace (prefill) or at every step `0..steps-1` of a generation.
+
+    Returns what the interventions found, as plain data (`RunContext.state()`):
+    the part of `ctx` a remote run sends back.
+    """
+    if tracer is None or steps is None:
+        _run_step(root, plan, ctx)
+    else:
+        for step in tracer.iter[:steps]:
+            ctx.step = step
+            _run_step(root, plan, ctx)
+    return ctx.state()
+
+
+# ---- the client side --------------------------------------------------------------------------
 
 
 def run_hooks(root: Any, catalogue: HookCatalogue, hooks: Sequence[Hook], ctx: RunContext) -> None:
     """Apply ordered hooks inside a trace, for the step in `ctx.step`."""
-    # a point whose hooks are all prefill-only is not even read while decoding
-    active = [hook for hook in hooks if ctx.prefill or not hook.prefill_only]
-    for _, group in groupby(active, key=lambda hook: hook.name):
-        _run_point(root, catalogue, list(group), ctx)
+    _run_step(root, plan_points(catalogue, hooks), ctx)
 
 
 def attach(
@@ -122,32 +187,53 @@ def attach(
     With `tracer` and `steps`, the hooks run on every step `0..steps-1` of the
     generation (step 0 is the prompt); generate with `min_new_tokens=steps` so
     that every step happens. Returns the run context the interventions fill.
+    For a remote trace use `plan` and `run_plan` instead (see docs/remote.md).
     """
     ctx = ctx or make_context(loaded, inputs)
-    hooks = ordered_hooks(interventions, ctx)
-    if tracer is None or steps is None:
-        run_hooks(model, loaded.catalogue, hooks, ctx)
-        return ctx
-    for step in tracer.iter[:steps]:
-        ctx.step = step
-        run_hooks(model, loaded.catalogue, hooks, ctx)
+    run_plan(model, plan(loaded, interventions, ctx), ctx, tracer=tracer, steps=steps)
     return ctx
 
 
+def plan(loaded: LoadedModel, interventions: Members, ctx: RunContext) -> list[PlanPoint]:
+    """The plan of a stack for one run: its hooks in run order, grouped by point, with nnsight paths."""
+    return plan_points(loaded.catalogue, ordered_hooks(interventions, ctx))
+
+
+Remote = Any  # False (run here), "local" (nnsight's local simulation), True (NDIF), or a Simulation
+
+
 class NnsightRunner:
-    """One-call runs of a stack on a loaded model through nnsight."""
+    """One-call runs of a stack on a loaded model through nnsight.
 
-    def __init__(self, loaded: LoadedModel) -> None:
+    `remote` is the default for every call: `False` runs here, `"local"` runs
+    nnsight's local simulation of a remote request (serialised, deserialised
+    with local modules hidden, then run here), `True` sends the request to NDIF
+    (see `sinklens.backends.remote.connect`), and a
+    `sinklens.backends.remote.Simulation()` runs the local simulation and keeps
+    the size of every request. Each call can override it.
+    """
+
+    def __init__(self, loaded: LoadedModel, *, model: Any = None, remote: Remote = False) -> None:
+        check_remote_argument(remote)
         self.loaded = loaded
-        self.model = wrap(loaded)
+        self.model = model if model is not None else wrap(loaded)
+        self.remote = remote
 
-    def forward(self, inputs: Mapping[str, Tensor], interventions: Members = ()) -> ForwardResult:
+    def forward(
+        self, inputs: Mapping[str, Tensor], interventions: Members = (), *, remote: Remote | None = None
+    ) -> ForwardResult:
         """One forward pass over the prompt with the stack applied."""
+        remote = self.remote if remote is None else check_remote_argument(remote)
         prepared = prepare(self.loaded, inputs, interventions)
-        with torch.no_grad(), self.model.trace(**prepared.inputs):
-            attach(self.model, self.loaded, interventions, prepared.inputs, ctx=prepared.ctx)
-            logits = self.model.output.logits.save()
-        return ForwardResult(logits=logits[: prepared.n_prompts], ctx=prepared.ctx)
+        ctx = prepared.ctx
+        model = self.model  # the block names only small objects: they are what a remote request ships
+        with shipping(self.loaded, remote):
+            points = plan(self.loaded, interventions, ctx)
+            with torch.no_grad(), model.trace(**prepared.inputs, **trace_options(model, remote)):
+                state = nnsight.save(run_plan(model, points, ctx))
+                logits = model.output.logits.save()
+        ctx.update(state)
+        return ForwardResult(logits=logits[: prepared.n_prompts], ctx=ctx)
 
     def generate(
         self,
@@ -155,16 +241,21 @@ class NnsightRunner:
         interventions: Members = (),
         *,
         max_new_tokens: int = 16,
+        remote: Remote | None = None,
     ) -> GenerationResult:
         """Greedy decoding with the KV cache; the stack acts in prefill and at every step."""
+        remote = self.remote if remote is None else check_remote_argument(remote)
         prepared = prepare(self.loaded, inputs, interventions)
+        ctx = prepared.ctx
         recorder = Recorder()
-        with torch.no_grad(), self.model.generate(
-            **prepared.inputs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
-            pad_token_id=self.loaded.tokenizer.pad_token_id,
-        ) as tracer:
-            attach(
-                self.model, self.loaded, [interventions, recorder], prepared.inputs,
-                tracer=tracer, steps=max_new_tokens, ctx=prepared.ctx,
-            )
-        return finish_generation(self.loaded, prepared, recorder)
+        model, steps = self.model, max_new_tokens
+        with shipping(self.loaded, remote):
+            points = plan(self.loaded, [interventions, recorder], ctx)
+            with torch.no_grad(), model.generate(
+                **prepared.inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
+                pad_token_id=self.loaded.tokenizer.pad_token_id, **trace_options(model, remote),
+            ) as tracer:
+                state = nnsight.save(run_plan(model, points, ctx, tracer=tracer, steps=steps))
+                store = nnsight.save(recorder.store)
+        ctx.update(state)
+        return finish_generation(self.loaded, prepared, Recorder(store=store))

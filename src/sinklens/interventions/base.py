@@ -110,6 +110,21 @@ class RunContext:
         """Append a value to a named list of records (one entry per hook call)."""
         self.records.setdefault(key, []).append(value)
 
+    def state(self) -> dict[str, Any]:
+        """What the interventions found, as plain data: sinks, phi and records by name.
+
+        A remote run sends this back from the server (as torch-saved plain data,
+        so records must hold tensors, numbers, strings and containers of them);
+        `update` folds it into the client's context.
+        """
+        return {"sinks": dict(self.sinks), "phi": dict(self.phi), "records": dict(self.records)}
+
+    def update(self, state: dict[str, Any]) -> None:
+        """Take in what `state()` returned (from a remote run, or from this context itself)."""
+        self.sinks.update(state["sinks"])
+        self.phi.update(state["phi"])
+        self.records.update(state["records"])
+
 
 Member = Any  # an Intervention, a Hook, a (hook name, fn) pair, or an iterable of members (a Stack)
 Members = Iterable[Member]  # what runners and backends take: a list, a tuple or a Stack of members

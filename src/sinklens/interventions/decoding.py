@@ -25,7 +25,8 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from sinklens import ops
+# ops by name, not the package: a hook function shipped to NDIF carries only what it calls
+from sinklens.ops.contrastive import DIFFUSION_STEPS, contrastive_logits, diffusion_noise
 from sinklens.errors import HookContractError, PassError
 from sinklens.interventions import params
 from sinklens.interventions.base import Hook, Member, RunContext, hooks_of, ordered_hooks
@@ -56,7 +57,7 @@ class VCD:
     def __post_init__(self) -> None:
         params.non_negative("alpha", self.alpha)
         params.unit_interval("beta", self.beta)
-        params.integer_in("noise_step", self.noise_step, 0, ops.contrastive.DIFFUSION_STEPS - 1)
+        params.integer_in("noise_step", self.noise_step, 0, DIFFUSION_STEPS - 1)
 
     def expand_inputs(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The inputs with a noised copy of every prompt appended: rows [0, B) image, [B, 2B) noised."""
@@ -69,7 +70,7 @@ class VCD:
         expanded: dict[str, Tensor] = {}
         for key, value in inputs.items():
             if key == "pixel_values":
-                expanded[key] = torch.cat([value, ops.diffusion_noise(value, noise, step=self.noise_step)])
+                expanded[key] = torch.cat([value, diffusion_noise(value, noise, step=self.noise_step)])
             elif isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == batch:
                 expanded[key] = torch.cat([value, value])
             else:
@@ -92,7 +93,7 @@ class VCD:
 
 def _contrast(logits: Tensor, ctx: RunContext, *, alpha: float, beta: float) -> Tensor:
     image, noised = logits[ctx.passes[IMAGE_PASS]], logits[ctx.passes[NOISED_PASS]]
-    combined = ops.contrastive_logits(image.float(), noised.float(), alpha=alpha, beta=beta).to(logits.dtype)
+    combined = contrastive_logits(image.float(), noised.float(), alpha=alpha, beta=beta).to(logits.dtype)
     return torch.cat([combined, combined])
 
 

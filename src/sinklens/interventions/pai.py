@@ -15,7 +15,8 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from sinklens import ops
+# ops by name, not the package: a hook function shipped to NDIF carries only what it calls
+from sinklens.ops import boost_image_scores
 from sinklens.hook_points import block
 from sinklens.interventions import params
 from sinklens.interventions.base import Hook, RunContext, resolve_layers
@@ -50,7 +51,7 @@ def _boost_scores(scores: Tensor, ctx: RunContext, *, alpha: float) -> Tensor:
     first = int(ctx.image.text_start.min()) if ctx.prefill else 0
     queries = ctx.text_queries(n_queries)[:, first:]
     image = ctx.keys(ctx.image.mask, n_keys)
-    rows = ops.boost_image_scores(scores[:, :, first:, :], image, queries, alpha=alpha)
+    rows = boost_image_scores(scores[:, :, first:, :], image, queries, alpha=alpha)
     out = scores.clone() if torch.is_grad_enabled() else scores
     out[:, :, first:, :] = rows
     return out

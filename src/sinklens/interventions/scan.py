@@ -8,7 +8,8 @@ from functools import partial
 
 from torch import Tensor
 
-from sinklens import ops
+# ops by name, not the package: a hook function shipped to NDIF carries only what it calls
+from sinklens.ops import dimension_magnitudes
 from sinklens.hook_points import block
 from sinklens.interventions.base import Hook, RunContext, resolve_layers
 
@@ -33,7 +34,7 @@ class SinkDimensionScan:
 
 
 def _scan(resid: Tensor, ctx: RunContext, *, layer: int, dims: tuple[int, ...] | None) -> None:
-    magnitudes = ops.dimension_magnitudes(resid)
+    magnitudes = dimension_magnitudes(resid)
     if dims is not None:
         magnitudes = magnitudes[..., list(dims)]
     ctx.records.setdefault("scan", {})[layer] = magnitudes.detach().cpu()

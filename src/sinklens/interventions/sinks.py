@@ -9,7 +9,8 @@ from functools import partial
 
 from torch import Tensor
 
-from sinklens import ops
+# ops by name, not the package: a hook function shipped to NDIF carries only what it calls
+from sinklens.ops import sink_dimension_value, sink_mask
 from sinklens.errors import ParameterError, SinkDimensionError
 from sinklens.hook_points import block
 from sinklens.interventions import params
@@ -90,7 +91,7 @@ class FindSinks:
 
 
 def _find_sinks(resid: Tensor, ctx: RunContext, *, layer: int, dims: tuple[int, ...], tau: float, strict: bool) -> None:
-    phi = ops.sink_dimension_value(resid, dims)
+    phi = sink_dimension_value(resid, dims)
     ctx.phi[layer] = phi
     # padding is never a sink
-    ctx.sinks[layer] = ops.sink_mask(phi, tau, strict=strict) & ctx.attention_mask.to(phi.device).bool()
+    ctx.sinks[layer] = sink_mask(phi, tau, strict=strict) & ctx.attention_mask.to(phi.device).bool()

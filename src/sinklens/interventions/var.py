@@ -9,8 +9,9 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from sinklens import ops
 from sinklens.errors import MissingSinksError
+# ops by name, not the package: a hook function shipped to NDIF carries only what it calls
+from sinklens.ops import image_centric, redistribute, visual_nonsink_ratio
 from sinklens.hook_points import block
 from sinklens.interventions import params
 from sinklens.interventions.base import Hook, RunContext, resolve_layers
@@ -62,18 +63,22 @@ class VAR:
     def hooks(self, ctx: RunContext) -> list[Hook]:
         last = ctx.n_layers - 1 if self.convention == "paper" else ctx.n_layers
         layers = resolve_layers(self.layers, ctx.n_layers, range(2, last))
-        fn = partial(_redistribute_pattern, var=self)
+        # plain values, not `self`: a shipped hook function then carries no VAR class (docs/remote.md)
+        fn = partial(_redistribute_pattern, p=self.p, rho=self.rho, summ=self.summ, released=self.convention == "released",
+                     heads=self.heads, destination=self.destination)  # fmt: skip
         return [Hook(block(layer, "attn.hook_pattern"), partial(fn, layer=layer)) for layer in layers]
 
 
-def _redistribute_pattern(pattern: Tensor, ctx: RunContext, *, layer: int, var: VAR) -> Tensor:
+def _redistribute_pattern(
+    pattern: Tensor, ctx: RunContext, *, layer: int, p: float, rho: float, summ: float, released: bool,
+    heads: str = "image_centric", destination: str = "image",
+) -> Tensor:
     sinks = ctx.sinks.get(layer)
     if sinks is None:
         raise MissingSinksError(
             f"VAR at layer {layer} needs that layer's sink set: put FindSinks(...) before VAR in the "
             f"stack, with its layers covering {layer}"
         )
-    released = var.convention == "released"
     n_queries, n_keys = pattern.shape[-2:]
     queries = ctx.text_queries(n_queries, pattern.device)
     # only the rows of text queries after the image are read and written (each prompt's own rows
@@ -84,20 +89,20 @@ def _redistribute_pattern(pattern: Tensor, ctx: RunContext, *, layer: int, var: 
         rows = rows.float()
     image = ctx.keys(ctx.image.mask, n_keys, pattern.device)
     sink = ctx.keys(sinks, n_keys, pattern.device)
-    ratio, image_attention = ops.visual_nonsink_ratio(
+    ratio, image_attention = visual_nonsink_ratio(
         rows, image, sink, eps_per_image_token=RELEASED_EPS_PER_IMAGE_TOKEN if released else 0.0
     )
-    if var.heads == "all":
+    if heads == "all":
         selected = queries[:, None, first:].expand(ratio.shape)
     else:
-        selected = ops.image_centric(ratio, image_attention, rho=var.rho, summ=var.summ, inverted_rho=released)
+        selected = image_centric(ratio, image_attention, rho=rho, summ=summ, inverted_rho=released)
         selected &= queries[:, None, first:]
         if released:  # the released code selects nothing in a layer without a visual sink
             selected &= (image & sink).any(-1)[:, None, None]
-    keep = var.p if released else 1.0 - var.p
+    keep = p if released else 1.0 - p
     # padding keys hold no attention, so they never receive any in proportion
-    target = {"image": image, "text": ~image, "both": torch.ones_like(image)}[var.destination] & ~sink
-    new_rows = ops.redistribute(rows, sink, target, selected, keep=keep)
+    target = {"image": image, "text": ~image, "both": torch.ones_like(image)}[destination] & ~sink
+    new_rows = redistribute(rows, sink, target, selected, keep=keep)
     ctx.record("var", {"layer": layer, "step": ctx.step, "n_image_centric": int(selected.sum())})
     # in place when nothing needs the original for backward: no full [q, k] copy
     out = pattern.clone() if torch.is_grad_enabled() else pattern

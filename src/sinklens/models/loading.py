@@ -146,7 +146,10 @@ class LoadedModel:
         inputs = self.processor(
             images=images, text=prompts, padding=True, padding_side="left", return_tensors="pt"
         )
-        inputs = {key: value.to(self.model.device) for key, value in inputs.items()}
+        device = self.model.device
+        if device.type == "meta":  # a remote model's client copy has no weights: inputs stay here and travel
+            device = torch.device("cpu")
+        inputs = {key: value.to(device) for key, value in inputs.items()}
         self.check_inputs(inputs)
         return inputs
 

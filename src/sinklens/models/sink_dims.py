@@ -49,7 +49,18 @@ KNOWN: dict[str, SinkDims] = {
     "tiny-qwen2-vl": SinkDims((TINY_SINK_DIM,), _planted("sinklens.models.tiny_qwen.plant_qwen_sinks")),
     "tiny-qwen2.5-vl": SinkDims((TINY_SINK_DIM,), _planted("sinklens.models.tiny_qwen.plant_qwen_sinks")),
     "tiny-internvl": SinkDims((TINY_SINK_DIM,), _planted("sinklens.models.tiny_internvl.plant_internvl_sinks")),
-    "toy-llava": SinkDims((507,), "measured here by discover-sink-dims (SmolLM2 language model)"),
+    "toy-llava": SinkDims(
+        (507,),
+        "measured here: `sinklens discover-sink-dims --model toy-llava` finds 507 alone at SPEC's threshold "
+        "of 20 (docs/toy-llava.md; SmolLM2-135M's massive activation)",
+        tau=20.0,
+        tau_reason=(
+            "20 absolute (0.83 of phi's ceiling 24). The first token sits at 22.8-23.8 in layers 2-9 and 12-29 and "
+            "no image token reaches 20 (at most 16.7 in 8 prompts); the width-relative 0.3125 * 24 = 7.5 "
+            "marks 68 of 100 image tokens and "
+            "33 text tokens per layer (docs/toy-llava.md, 'tau')"
+        ),
+    ),
     "llava-hf/llava-1.5-7b-hf": SinkDims((1415, 2533), _LLAMA2_7B),
     "llava-hf/llava-1.5-13b-hf": SinkDims((2100, 4743), _LLAMA2_13B),
     "Qwen/Qwen2-VL-7B": SinkDims((458, 2570), _QWEN2_7B),
