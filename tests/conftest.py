@@ -15,6 +15,10 @@ from sinklens.models.tiny import draw_scene
 QUESTION = "What is in the image?"
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "study: a study script of studies/ run in --smoke mode on toy-llava (part of every run)")
+
+
 @dataclass(frozen=True)
 class Arch:
     """A tiny built-in and the visual sinks its planted weights make on its demo scene."""

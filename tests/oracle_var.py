@@ -35,6 +35,8 @@ class OracleVAR:
     rho: float = 0.8
     summ: float = 0.2
     convention: str = "paper"
+    heads: str = "image_centric"  # or "all": every text query of every head, no selection
+    destination: str = "image"  # keys that receive the budget: "image", "text" or "both" (never sinks)
     layers: tuple[int, ...] = ()
     image_positions: list[list[int]] = field(default_factory=list)
     first_query: list[int] = field(default_factory=list)
@@ -105,19 +107,23 @@ class OracleVAR:
         denominator = s + 1e-6 * len(image) if released else s
         r = nonsink / denominator if denominator > 0 else 0.0
         centric = (1 - r) <= self.rho if released else r >= self.rho
-        if not (s >= self.summ and centric):
-            return None
-        if released and not sink & image:
-            return None
-        if nonsink <= 0:
+        if self.heads == "image_centric":
+            if not (s >= self.summ and centric):
+                return None
+            if released and not sink & image:
+                return None
+        text = set(range(len(row))) - image
+        targets = {"image": image, "text": text, "both": image | text}[self.destination] - sink
+        target_mass = sum(row[j] for j in targets)
+        if target_mass <= 0:
             return None
         keep = self.p if released else 1 - self.p
         budget = (1 - keep) * sum(row[j] for j in sink)
         new = list(row)
         for j in sink:
             new[j] = keep * row[j]
-        for j in image - sink:
-            new[j] = row[j] + budget * row[j] / nonsink
+        for j in targets:
+            new[j] = row[j] + budget * row[j] / target_mass
         self.n_selected += 1
         return new
 

@@ -16,6 +16,12 @@ from typing import Any
 
 from sinklens.errors import SinklensError
 from sinklens.interventions import (
+    AttentionContribution,
+    AttentionMaps,
+    HeadScores,
+    RandomAblation,
+    SinkAblation,
+    SinkDimensionScan,
     PAI,
     VAR,
     VCD,
@@ -31,6 +37,12 @@ from sinklens.interventions import (
 from sinklens.models import LoadedModel, from_hf, load
 
 __all__ = [
+    "AttentionContribution",
+    "AttentionMaps",
+    "HeadScores",
+    "RandomAblation",
+    "SinkAblation",
+    "SinkDimensionScan",
     "PAI",
     "VAR",
     "VCD",

@@ -69,5 +69,9 @@ class BackendError(SinklensError, RuntimeError):
     """A backend cannot run this model or this request (the message names what it can do instead)."""
 
 
+class MissingSinksError(SinklensError, RuntimeError):
+    """An intervention needs the sink sets of a layer that no FindSinks before it has found."""
+
+
 class RemoteError(SinklensError, RuntimeError):
     """A remote (NDIF) run cannot start: no API key, a model NDIF does not host, or a bad `remote=` value."""

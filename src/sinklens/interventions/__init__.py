@@ -1,5 +1,13 @@
 """Interventions: objects that return (hook name, function) pairs for one run, and stacks of them."""
 
+from sinklens.interventions.analysis import (
+    AttentionContribution,
+    AttentionMaps,
+    HeadScores,
+    RandomAblation,
+    SinkAblation,
+    image_map,
+)
 from sinklens.interventions.base import Hook, Intervention, RunContext, apply_point, ordered_hooks
 from sinklens.interventions.decoding import VCD, LogitsHook, OnPass
 from sinklens.interventions.pai import PAI
@@ -9,6 +17,12 @@ from sinklens.interventions.stack import Edit, Stack, expand_inputs
 from sinklens.interventions.var import VAR
 
 __all__ = [
+    "AttentionContribution",
+    "AttentionMaps",
+    "HeadScores",
+    "RandomAblation",
+    "SinkAblation",
+    "image_map",
     "PAI",
     "VAR",
     "VCD",

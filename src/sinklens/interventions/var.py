@@ -9,6 +9,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
+from sinklens.errors import MissingSinksError
 # ops by name, not the package: a hook function shipped to NDIF carries only what it calls
 from sinklens.ops import image_centric, redistribute, visual_nonsink_ratio
 from sinklens.hook_points import block
@@ -16,6 +17,8 @@ from sinklens.interventions import params
 from sinklens.interventions.base import Hook, RunContext, resolve_layers
 
 RELEASED_EPS_PER_IMAGE_TOKEN = 1e-6
+HEAD_MODES = ("image_centric", "all")
+DESTINATIONS = ("image", "text", "both")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,6 +34,15 @@ class VAR:
     bounds the sink share (1 - r <= rho), sinks keep p and 1 - p moves, no head
     is selected in a layer without a visual sink, the ratio's denominator adds
     1e-6 per image token, and the edit runs in the model dtype.
+
+    Two options for the paper's ablations (defaults are the method):
+    - `heads="all"` moves the budget in every (head, text query) pair, skipping
+      the image-centric selection (rho, summ, and the released code's rule of
+      no selection in a layer without a visual sink);
+    - `destination` says which keys receive the budget, in proportion to the
+      attention they have: "image" (visual non-sinks, the method), "text" (text
+      tokens that are not sinks, generated tokens included) or "both" (every
+      non-sink key).
     """
 
     p: float = 0.6
@@ -38,26 +50,32 @@ class VAR:
     summ: float = 0.2
     convention: params.Convention = "paper"
     layers: Sequence[int] | None = None
+    heads: str = "image_centric"
+    destination: str = "image"
 
     def __post_init__(self) -> None:
         for name in ("p", "rho", "summ"):
             params.unit_interval(name, getattr(self, name))
         params.convention(self.convention)
+        params.one_of("heads", self.heads, HEAD_MODES)
+        params.one_of("destination", self.destination, DESTINATIONS)
 
     def hooks(self, ctx: RunContext) -> list[Hook]:
         last = ctx.n_layers - 1 if self.convention == "paper" else ctx.n_layers
         layers = resolve_layers(self.layers, ctx.n_layers, range(2, last))
         # plain values, not `self`: a shipped hook function then carries no VAR class (docs/remote.md)
-        fn = partial(_redistribute_pattern, p=self.p, rho=self.rho, summ=self.summ, released=self.convention == "released")
+        fn = partial(_redistribute_pattern, p=self.p, rho=self.rho, summ=self.summ, released=self.convention == "released",
+                     heads=self.heads, destination=self.destination)  # fmt: skip
         return [Hook(block(layer, "attn.hook_pattern"), partial(fn, layer=layer)) for layer in layers]
 
 
 def _redistribute_pattern(
-    pattern: Tensor, ctx: RunContext, *, layer: int, p: float, rho: float, summ: float, released: bool
+    pattern: Tensor, ctx: RunContext, *, layer: int, p: float, rho: float, summ: float, released: bool,
+    heads: str = "image_centric", destination: str = "image",
 ) -> Tensor:
     sinks = ctx.sinks.get(layer)
     if sinks is None:
-        raise RuntimeError(
+        raise MissingSinksError(
             f"VAR at layer {layer} needs that layer's sink set: put FindSinks(...) before VAR in the "
             f"stack, with its layers covering {layer}"
         )
@@ -74,12 +92,17 @@ def _redistribute_pattern(
     ratio, image_attention = visual_nonsink_ratio(
         rows, image, sink, eps_per_image_token=RELEASED_EPS_PER_IMAGE_TOKEN if released else 0.0
     )
-    selected = image_centric(ratio, image_attention, rho=rho, summ=summ, inverted_rho=released)
-    selected &= queries[:, None, first:]
-    if released:  # the released code selects nothing in a layer without a visual sink
-        selected &= (image & sink).any(-1)[:, None, None]
+    if heads == "all":
+        selected = queries[:, None, first:].expand(ratio.shape)
+    else:
+        selected = image_centric(ratio, image_attention, rho=rho, summ=summ, inverted_rho=released)
+        selected &= queries[:, None, first:]
+        if released:  # the released code selects nothing in a layer without a visual sink
+            selected &= (image & sink).any(-1)[:, None, None]
     keep = p if released else 1.0 - p
-    new_rows = redistribute(rows, sink, image & ~sink, selected, keep=keep)
+    # padding keys hold no attention, so they never receive any in proportion
+    target = {"image": image, "text": ~image, "both": torch.ones_like(image)}[destination] & ~sink
+    new_rows = redistribute(rows, sink, target, selected, keep=keep)
     ctx.record("var", {"layer": layer, "step": ctx.step, "n_image_centric": int(selected.sum())})
     # in place when nothing needs the original for backward: no full [q, k] copy
     out = pattern.clone() if torch.is_grad_enabled() else pattern

@@ -4,6 +4,7 @@ Shapes are `[batch, head, query, key]` for attention and `[batch, pos, d_model]`
 for the residual stream; key sets are boolean masks `[batch, key]`.
 """
 
+from sinklens.ops.analysis import contribution_sum, mean_query_attention, random_keys
 from sinklens.ops.boost import boost_image_scores
 from sinklens.ops.contribution import attention_contribution, head_value_outputs
 from sinklens.ops.contrastive import contrastive_logits, diffusion_noise, diffusion_schedule
@@ -16,6 +17,7 @@ from sinklens.ops.sinks import dimension_magnitudes, sink_dimension_value, sink_
 __all__ = [
     "attention_contribution",
     "boost_image_scores",
+    "contribution_sum",
     "contrastive_logits",
     "diffusion_noise",
     "diffusion_schedule",
@@ -27,6 +29,8 @@ __all__ = [
     "mask_keys",
     "massive_layers",
     "mean_head_ratio",
+    "mean_query_attention",
+    "random_keys",
     "redistribute",
     "sink_dimension_value",
     "sink_mask",

@@ -1,0 +1,311 @@
+"""Analysis interventions of the paper's Section 4: ablation, contribution, head scores, attention maps.
+
+Each is a frozen dataclass whose `hooks(ctx)` returns `Hook`s in the shared
+vocabulary, so they compose with FindSinks, VAR, PAI and each other in one
+stack. The ones that need sink sets read `ctx.sinks[layer]`: put `FindSinks()`
+first. Read-only members (`writes=False`) leave what they measure in
+`ctx.records` (one entry per layer, tensors on the CPU, prompt only)::
+
+    stack = [FindSinks(), HeadScores(), AttentionMaps(layers=[10, 11, 12])]
+    ctx = NnsightRunner(lm).forward(inputs, stack).ctx
+    ctx.records["head_scores"][10]         # [batch, head]: visual non-sink ratio over text queries
+    ctx.records["attention_maps"][10]      # [batch, key]: attention each key gets from the text
+    NnsightRunner(lm).generate(inputs, [FindSinks(), SinkAblation()])   # visual sinks removed
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sinklens import ops
+from sinklens.errors import MissingSinksError, ParameterError
+from sinklens.hook_points import block, parse
+from sinklens.interventions import params
+from sinklens.interventions.base import Hook, RunContext, resolve_layers
+
+KEY_SETS = ("visual_sinks", "sinks", "text_sinks")
+QUERY_SETS = ("text", "last")
+
+
+def layer_sinks(ctx: RunContext, layer: int, who: str) -> Tensor:
+    """The sink set of `layer` that FindSinks left in ctx, or a clear error naming the fix."""
+    sinks = ctx.sinks.get(layer)
+    if sinks is None:
+        raise MissingSinksError(
+            f"{who} at layer {layer} needs that layer's sink set: put FindSinks(...) before {who} in the "
+            f"stack, with its layers covering {layer}"
+        )
+    return sinks
+
+
+def _first_row(ctx: RunContext) -> int:
+    """First query row an analysis reads: the earliest text start (prefill), the new token (decoding)."""
+    return int(ctx.image.text_start.min()) if ctx.prefill else 0
+
+
+# --- ablation ------------------------------------------------------------------------------------
+
+
+def _sink_keys(ctx: RunContext, layer: int, keys: str, who: str) -> Tensor:
+    sinks = layer_sinks(ctx, layer, who)
+    image = ctx.image.mask.to(sinks.device)
+    if keys == "visual_sinks":
+        return sinks & image
+    if keys == "text_sinks":
+        return sinks & ~image
+    return sinks
+
+
+@dataclass(frozen=True, kw_only=True)
+class SinkAblation:
+    """Remove the attention of text queries to a sink set, pre-softmax (-inf), in the chosen layers.
+
+    `keys`: "visual_sinks" (the paper's Fig. 3b, default), "sinks" (visual and
+    text) or "text_sinks", from the sink sets FindSinks found at each layer;
+    or `positions`, fixed prompt positions, for any key set. Queries are the
+    text after the image (prefill) and every generated token (decoding); a
+    query that would have no key left keeps its scores (exempt). Layers
+    default to every layer. Records `ctx.records["ablation"]`: per layer, the
+    number of keys removed per prompt.
+    """
+
+    keys: str = "visual_sinks"
+    positions: Sequence[int] | None = None
+    layers: Sequence[int] | None = None
+
+    def __post_init__(self) -> None:
+        params.one_of("keys", self.keys, KEY_SETS)
+        if self.positions is not None and any(p < 0 for p in self.positions):
+            raise ParameterError(f"positions must be prompt positions >= 0, got {list(self.positions)}")
+
+    def hooks(self, ctx: RunContext) -> list[Hook]:
+        layers = resolve_layers(self.layers, ctx.n_layers, range(ctx.n_layers))
+        if self.positions is not None:
+            bad = [p for p in self.positions if p >= ctx.prompt_length]
+            if bad:
+                raise ParameterError(f"positions {bad} are past the prompt's {ctx.prompt_length} tokens")
+        return [Hook(block(layer, "attn.hook_attn_scores"), partial(_ablate, layer=layer, chosen=self._chosen))
+                for layer in layers]  # fmt: skip
+
+    def _chosen(self, ctx: RunContext, layer: int) -> Tensor:
+        if self.positions is None:
+            return _sink_keys(ctx, layer, self.keys, "SinkAblation")
+        mask = torch.zeros_like(ctx.image.mask)
+        mask[:, list(self.positions)] = True
+        return mask
+
+
+@dataclass(frozen=True, kw_only=True)
+class RandomAblation:
+    """The control of SinkAblation: as many random image tokens, re-drawn per layer from a seed.
+
+    At each layer, every prompt loses as many image keys as it has keys in the
+    sink set `keys` there (or `count`, if given), drawn uniformly from its image
+    tokens that are not visual sinks (so the two ablations never overlap).
+    The draw at layer l uses a generator seeded with (seed, l): the same seed
+    gives the same keys; layers get different ones. Drawn once on the prompt and
+    reused while decoding. Records `ctx.records["random_ablation"]` (layer ->
+    the drawn key mask, `[batch, pos]`).
+    """
+
+    seed: int = 0
+    keys: str = "visual_sinks"
+    count: int | None = None
+    layers: Sequence[int] | None = None
+
+    def __post_init__(self) -> None:
+        params.one_of("keys", self.keys, KEY_SETS)
+        if self.count is not None:
+            params.integer_in("count", self.count, 0, 1 << 30)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ParameterError(f"seed must be an integer >= 0, got {self.seed!r}")
+
+    def hooks(self, ctx: RunContext) -> list[Hook]:
+        layers = resolve_layers(self.layers, ctx.n_layers, range(ctx.n_layers))
+        return [Hook(block(layer, "attn.hook_attn_scores"), partial(_ablate, layer=layer, chosen=self._chosen))
+                for layer in layers]  # fmt: skip
+
+    def _chosen(self, ctx: RunContext, layer: int) -> Tensor:
+        drawn = ctx.records.setdefault("random_ablation", {})
+        if ctx.prefill or layer not in drawn:
+            image = ctx.image.mask
+            if self.count is None:
+                sinks = _sink_keys(ctx, layer, self.keys, "RandomAblation").to(image.device)
+                counts, pool = sinks.sum(-1), image & ~(sinks & image)
+            else:
+                counts, pool = torch.full((image.shape[0],), self.count, device=image.device), image
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + layer)
+            drawn[layer] = ops.random_keys(pool.cpu(), counts.cpu(), generator).to(image.device)
+        return drawn[layer]
+
+
+def _ablate(scores: Tensor, ctx: RunContext, *, layer: int, chosen: Any) -> Tensor:
+    n_queries, n_keys = scores.shape[-2:]
+    first = _first_row(ctx)
+    keys = ctx.keys(chosen(ctx, layer), n_keys, scores.device)
+    queries = ctx.text_queries(n_queries, scores.device)[:, first:]
+    if ctx.prefill:
+        ctx.records.setdefault("ablation", {})[layer] = keys.sum(-1).cpu()
+    out = scores.clone() if torch.is_grad_enabled() else scores
+    out[:, :, first:, :] = ops.mask_keys(scores[:, :, first:, :], keys, queries)
+    return out
+
+
+# --- attention contribution ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttentionContribution:
+    """c_ij = || a_ij W_O^h W_V^h x~_j || per layer, head, text query and key (SPEC section 4; prefill).
+
+    Reads `attn.hook_v` (GQA: each key/value head serves its group of query
+    heads) and `attn.hook_pattern`; W_O comes from the model, so build it with
+    `AttentionContribution.of(loaded)`. Records, per layer, in ctx.records:
+    - "contribution": `[batch, head, query, key]` norms for the query rows from
+      the earliest text start (fp32, CPU);
+    - "contribution_output": `[batch, query, d_model]`, the sum of the vectors
+      a_ij W_O^h v_j over heads and keys: the attention output (o_proj's output,
+      which has no bias in LLaMA-family models), as a check that the pieces add up.
+    """
+
+    w_o: Mapping[int, Tensor] = field(repr=False, compare=False)
+    layers: Sequence[int] | None = None
+
+    @classmethod
+    def of(cls, loaded: Any, layers: Sequence[int] | None = None) -> AttentionContribution:
+        """W_O of every (chosen) layer, read from the module whose input is `attn.hook_z` (o_proj)."""
+        chosen = resolve_layers(layers, loaded.n_layers, range(loaded.n_layers))
+        w_o = {}
+        for layer in chosen:
+            path = loaded.catalogue.nnsight_path(parse(block(layer, "attn.hook_z")))
+            module = loaded.model.get_submodule(path.rsplit(".", 1)[0])
+            if getattr(module, "bias", None) is not None:
+                raise ParameterError(
+                    f"layer {layer}'s output projection has a bias; the contribution decomposition assumes none"
+                )
+            w_o[layer] = module.weight.detach()
+        return cls(w_o=w_o, layers=None if layers is None else chosen)
+
+    def hooks(self, ctx: RunContext) -> list[Hook]:
+        layers = resolve_layers(self.layers if self.layers is not None else sorted(self.w_o), ctx.n_layers, range(0))
+        missing = [layer for layer in layers if layer not in self.w_o]
+        if missing:
+            raise ParameterError(f"no W_O for layers {missing}: build with AttentionContribution.of(loaded, layers)")
+        hooks = []
+        for layer in layers:
+            hooks.append(Hook(block(layer, "attn.hook_v"), partial(_keep_values, layer=layer),
+                              prefill_only=True, writes=False))  # fmt: skip
+            hooks.append(Hook(block(layer, "attn.hook_pattern"),
+                              partial(_contribution, layer=layer, w_o=self.w_o[layer]),
+                              prefill_only=True, writes=False))  # fmt: skip
+        return hooks
+
+
+def _keep_values(value: Tensor, ctx: RunContext, *, layer: int) -> None:
+    ctx.records.setdefault("_values", {})[layer] = value.detach()
+
+
+def _contribution(pattern: Tensor, ctx: RunContext, *, layer: int, w_o: Tensor) -> None:
+    value = ctx.records["_values"].pop(layer)
+    first = _first_row(ctx)
+    rows = pattern[:, :, first:, :].detach().float()
+    outputs = ops.head_value_outputs(value.float(), w_o.to(value.device).float(), pattern.shape[1])
+    ctx.records.setdefault("contribution", {})[layer] = ops.attention_contribution(rows, outputs).cpu()
+    ctx.records.setdefault("contribution_output", {})[layer] = ops.contribution_sum(rows, outputs).cpu()
+
+
+# --- head scores and attention maps --------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeadScores:
+    """Visual non-sink ratio r per layer and head, averaged over the text queries (SPEC section 2; prefill).
+
+    Records per layer `ctx.records["head_scores"][l]` (`[batch, head]`) and
+    `ctx.records["head_image_attention"][l]` (image attention s, averaged the
+    same way). A head that gives a query no image attention scores r = 0 there.
+    """
+
+    layers: Sequence[int] | None = None
+
+    def hooks(self, ctx: RunContext) -> list[Hook]:
+        layers = resolve_layers(self.layers, ctx.n_layers, range(ctx.n_layers))
+        return [Hook(block(layer, "attn.hook_pattern"), partial(_head_scores, layer=layer),
+                     prefill_only=True, writes=False) for layer in layers]  # fmt: skip
+
+
+def _head_scores(pattern: Tensor, ctx: RunContext, *, layer: int) -> None:
+    sinks = layer_sinks(ctx, layer, "HeadScores")
+    first = _first_row(ctx)
+    rows = pattern[:, :, first:, :].float()
+    n_keys = pattern.shape[-1]
+    image = ctx.keys(ctx.image.mask, n_keys, pattern.device)
+    sink = ctx.keys(sinks, n_keys, pattern.device)
+    ratio, image_attention = ops.visual_nonsink_ratio(rows, image, sink)
+    queries = ctx.text_queries(pattern.shape[-2], pattern.device)[:, first:]
+    ctx.records.setdefault("head_scores", {})[layer] = ops.mean_head_ratio(ratio, queries).cpu()
+    ctx.records.setdefault("head_image_attention", {})[layer] = ops.mean_head_ratio(image_attention, queries).cpu()
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttentionMaps:
+    """Attention each key receives from the text, averaged over chosen heads, per layer (prefill).
+
+    `queries="text"` averages over every text query after the image, `"last"`
+    takes the last prompt token only (the one that predicts the answer). Records
+    `ctx.records["attention_maps"][l]`, `[batch, pos]` over every prompt key;
+    `image_map(ctx, layers)` puts the image tokens on the patch grid.
+    """
+
+    layers: Sequence[int] | None = None
+    heads: Sequence[int] | None = None
+    queries: str = "text"
+
+    def __post_init__(self) -> None:
+        params.one_of("queries", self.queries, QUERY_SETS)
+
+    def hooks(self, ctx: RunContext) -> list[Hook]:
+        layers = resolve_layers(self.layers, ctx.n_layers, range(ctx.n_layers))
+        heads = tuple(self.heads) if self.heads is not None else None
+        return [Hook(block(layer, "attn.hook_pattern"), partial(_attention_map, layer=layer, heads=heads,
+                     last=self.queries == "last"), prefill_only=True, writes=False)
+                for layer in layers]  # fmt: skip
+
+
+def _attention_map(pattern: Tensor, ctx: RunContext, *, layer: int, heads: tuple[int, ...] | None, last: bool) -> None:
+    n_heads, n_queries = pattern.shape[1], pattern.shape[2]
+    if heads is not None and any(not 0 <= h < n_heads for h in heads):
+        raise ParameterError(f"heads {list(heads)} do not exist; layer {layer} has heads 0..{n_heads - 1}")
+    first = _first_row(ctx)
+    if last:
+        queries = torch.zeros(pattern.shape[0], n_queries - first, dtype=torch.bool, device=pattern.device)
+        queries[:, -1] = True
+    else:
+        queries = ctx.text_queries(n_queries, pattern.device)[:, first:]
+    chosen = None
+    if heads is not None:
+        chosen = torch.zeros(n_heads, dtype=torch.bool, device=pattern.device)
+        chosen[list(heads)] = True
+    ctx.records.setdefault("attention_maps", {})[layer] = ops.mean_query_attention(
+        pattern[:, :, first:, :].float(), queries, chosen
+    ).cpu()
+
+
+def image_map(ctx: RunContext, layers: Sequence[int], prompt: int = 0, image: int = 0) -> Tensor:
+    """The recorded attention maps of `layers`, averaged, on the patch grid of one image: `[row, col]`.
+
+    For an image of several tiles, the largest tile (LLaVA-NeXT's tiles, InternVL's first tile).
+    """
+    missing = [layer for layer in layers if layer not in ctx.records.get("attention_maps", {})]
+    if missing:
+        raise ParameterError(f"no attention map recorded at layers {missing}: run AttentionMaps(layers=...) there")
+    mean = torch.stack([ctx.records["attention_maps"][layer][prompt] for layer in layers]).mean(0)
+    grid = ctx.image.images_of(prompt)[image]
+    tile = max(grid.tiles, key=lambda t: t.positions.numel())
+    return tile.gather(mean)

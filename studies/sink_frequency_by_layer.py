@@ -1,0 +1,44 @@
+"""Appendix figure: the share of image tokens that are visual sinks, per layer."""
+
+from __future__ import annotations
+
+import torch
+
+import sinklens as sl
+from sinklens.eval.study import Study, figure, mean_and_spread, parse_args
+
+NAME = "sink_frequency_by_layer"
+
+
+def main(argv=None) -> dict:
+    args = parse_args(NAME, __doc__, n=40, smoke_n=4, argv=argv)
+    study = Study.start(args)
+    lm = study.loaded
+    finder = study.find_sinks()
+    shares = [[] for _ in range(lm.n_layers)]
+    text_sinks = [[] for _ in range(lm.n_layers)]
+    for _, _, _, inputs in study.prompts():
+        ctx = study.runner.forward(inputs, [finder]).ctx
+        image = ctx.image.mask[0]
+        for layer in range(lm.n_layers):
+            sinks = ctx.sinks[layer][0]
+            shares[layer].append(float((sinks & image).sum() / image.sum()))
+            text_sinks[layer].append(int((sinks & ~image).sum()))
+    tau = finder.threshold(lm.d_model, lm.default_tau)
+    per_layer = [{"layer": l, "visual_sink_share": mean_and_spread(shares[l]),
+                  "text_sinks": mean_and_spread(text_sinks[l])} for l in range(lm.n_layers)]  # fmt: skip
+    fig, ax = figure(figsize=(6.4, 3.6))
+    mean = torch.tensor([row["visual_sink_share"]["mean"] for row in per_layer])
+    std = torch.tensor([row["visual_sink_share"]["std"] for row in per_layer])
+    ax.plot(range(lm.n_layers), 100 * mean, "o-", ms=3, label="visual sinks / image tokens")
+    ax.fill_between(range(lm.n_layers), 100 * (mean - std).clamp_min(0), 100 * (mean + std), alpha=0.25, label="+/- 1 s.d. over prompts")
+    ax.set_xlabel("layer (hook_resid_pre)")
+    ax.set_ylabel("image tokens that are sinks (%)")
+    ax.set_title(study.title(f"share of image tokens with phi >= {tau:g}", f"layers 0-{lm.n_layers - 1}") + f", n = {args.n}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return study.finish(fig, {"tau": tau, "n_image_tokens": int(image.sum()), "per_layer": per_layer})
+
+
+if __name__ == "__main__":
+    main()

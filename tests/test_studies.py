@@ -1,0 +1,67 @@
+"""Every study in studies/ runs in --smoke mode on toy-llava and writes its PNG and the numbers it draws."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDIES = {
+    "fig1_attention_maps": ("layers", "examples"),
+    "fig2_sink_dimensions": ("layer", "tokens", "discovered_sink_dims"),
+    "fig3a_phi_vs_attention": ("scatter", "per_layer"),
+    "fig3b_sink_ablation": ("rows", "summary"),
+    "fig3c_contribution": ("per_layer",),
+    "fig3d_maps_without_sinks": ("examples",),
+    "fig4_head_ranking": ("ranked", "examples"),
+    "sink_frequency_by_layer": ("per_layer",),
+    "table_var": ("rows",),
+}
+SMOKE_SECONDS = 180  # the acceptance bound per study in CI (about 10-45 s here)
+
+pytestmark = pytest.mark.study
+
+
+def run_study(name: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    command = [sys.executable, str(ROOT / "studies" / f"{name}.py"), "--out", str(out), *extra]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("name", list(STUDIES))
+def test_study_smoke(name, tmp_path):
+    started = time.time()
+    done = run_study(name, tmp_path, "--smoke")
+    seconds = time.time() - started
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert seconds < SMOKE_SECONDS, f"{name} --smoke took {seconds:.0f} s"
+    assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+    data = json.loads((tmp_path / f"{name}.json").read_text())
+    assert data["model"] == "toy-llava" and data["smoke"] is True and data["study"] == name
+    for key in STUDIES[name]:
+        assert data[key], f"{name}.json has no {key}"
+    if name == "table_var":
+        assert data["rows"][0]["setting"] == "baseline"
+        splits = {row["split"] for row in data["rows"]}
+        assert splits == {"random", "popular", "adversarial"}
+        for row in data["rows"]:
+            assert {"accuracy", "f1", "yes_ratio", "n"} <= set(row)
+    if name == "fig3b_sink_ablation":
+        assert {"baseline", "visual_sinks", "random"} <= set(data["summary"])
+
+
+def test_study_refuses_a_bad_n(tmp_path):
+    done = run_study("sink_frequency_by_layer", tmp_path, "--n", "0")
+    assert done.returncode != 0
+    assert "--n must be >= 1, got 0" in done.stderr
+
+
+def test_every_study_is_tested():
+    scripts = {path.stem for path in (ROOT / "studies").glob("*.py") if not path.stem.startswith("_")}
+    assert scripts - {"train_toy_llava", "toy_llava_sinks"} == set(STUDIES)  # training, and a study of its own
