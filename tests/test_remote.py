@@ -45,6 +45,8 @@ def scale_resid(resid, ctx):
 
 
 # Every intervention the remote route must carry: one line each. (Analysis interventions join here.)
+from sinklens.interventions.analysis import AttentionMaps, HeadScores, RandomAblation, SinkAblation  # noqa: E402
+
 REMOTE_CASES = {
     "FindSinks": lambda: [sl.FindSinks()],
     "SinkDimensionScan": lambda: [SinkDimensionScan(layers=[1, 2], dims=[0, 3, 7])],
@@ -54,6 +56,10 @@ REMOTE_CASES = {
     "VCD": lambda: [sl.VCD(alpha=1.0, beta=0.1)],
     "Edit": lambda: [sl.Edit(["blocks.1.hook_resid_post", "blocks.2.hook_resid_post"], scale_resid)],
     "LogitsHook": lambda: [sl.LogitsHook(lambda logits, ctx: logits - logits.mean(-1, keepdim=True))],
+    "SinkAblation": lambda: [sl.FindSinks(), SinkAblation(layers=[2, 3])],
+    "RandomAblation": lambda: [sl.FindSinks(), RandomAblation(seed=0, layers=[2, 3])],
+    "HeadScores": lambda: [sl.FindSinks(), HeadScores(layers=[2])],
+    "AttentionMaps": lambda: [sl.FindSinks(), AttentionMaps(layers=[2])],
     "Stack": lambda: sl.Stack(
         sl.FindSinks(), sl.PAI(alpha=0.3), sl.OnPass("image", sl.VAR()),
         ("blocks.3.attn.hook_pattern", damp_first_key), sl.VCD(alpha=0.5),

@@ -23,7 +23,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sinklens import ops
+# ops by name, not the package: a request shipped to NDIF carries these functions by value
+from sinklens.ops import (
+    attention_contribution,
+    contribution_sum,
+    head_value_outputs,
+    mask_keys,
+    mean_head_ratio,
+    mean_query_attention,
+    random_keys,
+    visual_nonsink_ratio,
+)
 from sinklens.errors import MissingSinksError, ParameterError
 from sinklens.hook_points import block, parse
 from sinklens.interventions import params
@@ -90,15 +100,18 @@ class SinkAblation:
             bad = [p for p in self.positions if p >= ctx.prompt_length]
             if bad:
                 raise ParameterError(f"positions {bad} are past the prompt's {ctx.prompt_length} tokens")
-        return [Hook(block(layer, "attn.hook_attn_scores"), partial(_ablate, layer=layer, chosen=self._chosen))
+        # plain values, not self: a run shipped to NDIF carries these functions by value
+        chosen = partial(_listed_keys, keys=self.keys, positions=None if self.positions is None else tuple(self.positions))
+        return [Hook(block(layer, "attn.hook_attn_scores"), partial(_ablate, layer=layer, chosen=chosen))
                 for layer in layers]  # fmt: skip
 
-    def _chosen(self, ctx: RunContext, layer: int) -> Tensor:
-        if self.positions is None:
-            return _sink_keys(ctx, layer, self.keys, "SinkAblation")
-        mask = torch.zeros_like(ctx.image.mask)
-        mask[:, list(self.positions)] = True
-        return mask
+
+def _listed_keys(ctx: RunContext, layer: int, *, keys: str, positions: tuple[int, ...] | None) -> Tensor:
+    if positions is None:
+        return _sink_keys(ctx, layer, keys, "SinkAblation")
+    mask = torch.zeros_like(ctx.image.mask)
+    mask[:, list(positions)] = True
+    return mask
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,21 +141,23 @@ class RandomAblation:
 
     def hooks(self, ctx: RunContext) -> list[Hook]:
         layers = resolve_layers(self.layers, ctx.n_layers, range(ctx.n_layers))
-        return [Hook(block(layer, "attn.hook_attn_scores"), partial(_ablate, layer=layer, chosen=self._chosen))
+        chosen = partial(_random_keys_at, seed=self.seed, keys=self.keys, count=self.count)
+        return [Hook(block(layer, "attn.hook_attn_scores"), partial(_ablate, layer=layer, chosen=chosen))
                 for layer in layers]  # fmt: skip
 
-    def _chosen(self, ctx: RunContext, layer: int) -> Tensor:
-        drawn = ctx.records.setdefault("random_ablation", {})
-        if ctx.prefill or layer not in drawn:
-            image = ctx.image.mask
-            if self.count is None:
-                sinks = _sink_keys(ctx, layer, self.keys, "RandomAblation").to(image.device)
-                counts, pool = sinks.sum(-1), image & ~(sinks & image)
-            else:
-                counts, pool = torch.full((image.shape[0],), self.count, device=image.device), image
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + layer)
-            drawn[layer] = ops.random_keys(pool.cpu(), counts.cpu(), generator).to(image.device)
-        return drawn[layer]
+
+def _random_keys_at(ctx: RunContext, layer: int, *, seed: int, keys: str, count: int | None) -> Tensor:
+    drawn = ctx.records.setdefault("random_ablation", {})
+    if ctx.prefill or layer not in drawn:
+        image = ctx.image.mask
+        if count is None:
+            sinks = _sink_keys(ctx, layer, keys, "RandomAblation").to(image.device)
+            counts, pool = sinks.sum(-1), image & ~(sinks & image)
+        else:
+            counts, pool = torch.full((image.shape[0],), count, device=image.device), image
+        generator = torch.Generator().manual_seed(seed * 100_003 + layer)
+        drawn[layer] = random_keys(pool.cpu(), counts.cpu(), generator).to(image.device)
+    return drawn[layer]
 
 
 def _ablate(scores: Tensor, ctx: RunContext, *, layer: int, chosen: Any) -> Tensor:
@@ -153,7 +168,7 @@ def _ablate(scores: Tensor, ctx: RunContext, *, layer: int, chosen: Any) -> Tens
     if ctx.prefill:
         ctx.records.setdefault("ablation", {})[layer] = keys.sum(-1).cpu()
     out = scores.clone() if torch.is_grad_enabled() else scores
-    out[:, :, first:, :] = ops.mask_keys(scores[:, :, first:, :], keys, queries)
+    out[:, :, first:, :] = mask_keys(scores[:, :, first:, :], keys, queries)
     return out
 
 
@@ -215,9 +230,9 @@ def _contribution(pattern: Tensor, ctx: RunContext, *, layer: int, w_o: Tensor) 
     value = ctx.records["_values"].pop(layer)
     first = _first_row(ctx)
     rows = pattern[:, :, first:, :].detach().float()
-    outputs = ops.head_value_outputs(value.float(), w_o.to(value.device).float(), pattern.shape[1])
-    ctx.records.setdefault("contribution", {})[layer] = ops.attention_contribution(rows, outputs).cpu()
-    ctx.records.setdefault("contribution_output", {})[layer] = ops.contribution_sum(rows, outputs).cpu()
+    outputs = head_value_outputs(value.float(), w_o.to(value.device).float(), pattern.shape[1])
+    ctx.records.setdefault("contribution", {})[layer] = attention_contribution(rows, outputs).cpu()
+    ctx.records.setdefault("contribution_output", {})[layer] = contribution_sum(rows, outputs).cpu()
 
 
 # --- head scores and attention maps --------------------------------------------------------------
@@ -247,10 +262,10 @@ def _head_scores(pattern: Tensor, ctx: RunContext, *, layer: int) -> None:
     n_keys = pattern.shape[-1]
     image = ctx.keys(ctx.image.mask, n_keys, pattern.device)
     sink = ctx.keys(sinks, n_keys, pattern.device)
-    ratio, image_attention = ops.visual_nonsink_ratio(rows, image, sink)
+    ratio, image_attention = visual_nonsink_ratio(rows, image, sink)
     queries = ctx.text_queries(pattern.shape[-2], pattern.device)[:, first:]
-    ctx.records.setdefault("head_scores", {})[layer] = ops.mean_head_ratio(ratio, queries).cpu()
-    ctx.records.setdefault("head_image_attention", {})[layer] = ops.mean_head_ratio(image_attention, queries).cpu()
+    ctx.records.setdefault("head_scores", {})[layer] = mean_head_ratio(ratio, queries).cpu()
+    ctx.records.setdefault("head_image_attention", {})[layer] = mean_head_ratio(image_attention, queries).cpu()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -292,7 +307,7 @@ def _attention_map(pattern: Tensor, ctx: RunContext, *, layer: int, heads: tuple
     if heads is not None:
         chosen = torch.zeros(n_heads, dtype=torch.bool, device=pattern.device)
         chosen[list(heads)] = True
-    ctx.records.setdefault("attention_maps", {})[layer] = ops.mean_query_attention(
+    ctx.records.setdefault("attention_maps", {})[layer] = mean_query_attention(
         pattern[:, :, first:, :].float(), queries, chosen
     ).cpu()
 
