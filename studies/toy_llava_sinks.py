@@ -182,47 +182,32 @@ def plot_layers(summary, path):
         values = [summary["per_layer"][str(layer)][key] for layer in layers]
         return [v["mean"] if v else float("nan") for v in values], [v["std"] if v else 0.0 for v in values]
 
+    def panel(ax, series, title, ylabel, share=False):
+        for key, label in series:
+            mean, std = curve(key)
+            ax.errorbar(layers, mean, yerr=std, marker="o", ms=3, capsize=2, label=label)
+        ax.set(xlabel="layer", ylabel=ylabel, title=title, **({"ylim": (0, 1.02)} if share else {}))
+        ax.legend(fontsize=8)
+
     fig, axes = plt.subplots(2, 3, figsize=(16, 7.5), dpi=110)
-    ax = axes[0, 2]
-    for key, label in (("phi_first_token", "first token (BOS)"), ("phi_image_max", "image tokens: largest"),
-                       ("phi_image_median", "image tokens: median")):  # fmt: skip
-        mean, std = curve(key)
-        ax.errorbar(layers, mean, yerr=std, marker="o", ms=3, capsize=2, label=label)
-    ax.axhline(summary["tau"], color="k", ls="--", lw=0.8, label=f"tau = {summary['tau']:g}")
-    ax.set(xlabel="layer", ylabel="phi = |x_d| / RMS(x) on the sink dims", title="Sink-dimension value phi")
-    ax.legend(fontsize=8)
-    ax = axes[1, 2]
-    for t in SWEEP:
-        mean, std = curve(f"image_phi_over_{t:g}")
-        ax.errorbar(layers, mean, yerr=std, marker="o", ms=3, capsize=2, label=f"phi >= {t:g}")
-    ax.set(xlabel="layer", ylabel="image tokens per prompt (mean ± sd)", title="Image tokens over other thresholds")
-    ax.legend(fontsize=8)
-    ax = axes[0, 0]
-    for key, label in (("visual", "image tokens that are sinks"), ("text", "text tokens that are sinks")):
-        mean, std = curve(key)
-        ax.errorbar(layers, mean, yerr=std, marker="o", ms=3, capsize=2, label=label)
-    ax.set(xlabel="layer", ylabel="tokens per prompt (mean ± sd)", title="How many sinks")
-    ax.legend(fontsize=8)
-    ax = axes[0, 1]
-    for key, label in (("attention_share", "share of text-to-image attention on visual sinks"),
-                       ("token_share", "share of image tokens that are visual sinks")):  # fmt: skip
-        mean, std = curve(key)
-        ax.errorbar(layers, mean, yerr=std, marker="o", ms=3, capsize=2, label=label)
-    ax.set(xlabel="layer", ylabel="share (0-1)", title="How much attention they take", ylim=(0, 1.02))
-    ax.legend(fontsize=8)
-    ax = axes[1, 0]
-    mean, std = curve("on_background")
-    ax.errorbar(layers, mean, yerr=std, marker="o", ms=3, capsize=2, label="share of visual sinks on background")
-    ax.axhline(summary["background_rate"]["mean"], color="k", ls="--", lw=0.8, label="share of all patches on background")
-    ax.set(xlabel="layer", ylabel="share (0-1)", title="Do they sit on background?", ylim=(0, 1.02))
-    ax.legend(fontsize=8)
-    ax = axes[1, 1]
-    for key, label in (("iou_content", "mirrored image vs mirrored sink positions (content)"),
-                       ("iou_position", "mirrored image vs same positions (token order)")):  # fmt: skip
-        mean, std = curve(key)
-        ax.errorbar(layers, mean, yerr=std, marker="o", ms=3, capsize=2, label=label)
-    ax.set(xlabel="layer", ylabel="IoU of visual sink sets", title="Position control: mirror the image", ylim=(0, 1.02))
-    ax.legend(fontsize=8)
+    axes[0, 2].axhline(summary["tau"], color="k", ls="--", lw=0.8, label=f"tau = {summary['tau']:g}")
+    axes[1, 0].axhline(summary["background_rate"]["mean"], color="k", ls="--", lw=0.8,
+                       label="share of all patches on background")  # fmt: skip
+    panel(axes[0, 0], [("visual", "image tokens that are sinks"), ("text", "text tokens that are sinks")],
+          "How many sinks", "tokens per prompt (mean ± sd)")  # fmt: skip
+    panel(axes[0, 1], [("attention_share", "share of text-to-image attention on visual sinks"),
+                       ("token_share", "share of image tokens that are visual sinks")],
+          "How much attention they take", "share (0-1)", share=True)  # fmt: skip
+    panel(axes[0, 2], [("phi_first_token", "first token (BOS)"), ("phi_image_max", "image tokens: largest"),
+                       ("phi_image_median", "image tokens: median")],
+          "Sink-dimension value phi", "phi = |x_d| / RMS(x) on the sink dims")  # fmt: skip
+    panel(axes[1, 0], [("on_background", "share of visual sinks on background")],
+          "Do they sit on background?", "share (0-1)", share=True)  # fmt: skip
+    panel(axes[1, 1], [("iou_content", "mirrored image vs mirrored sink positions (content)"),
+                       ("iou_position", "mirrored image vs same positions (token order)")],
+          "Position control: mirror the image", "IoU of visual sink sets", share=True)  # fmt: skip
+    panel(axes[1, 2], [(f"image_phi_over_{t:g}", f"phi >= {t:g}") for t in SWEEP],
+          "Image tokens over other thresholds", "image tokens per prompt (mean ± sd)")  # fmt: skip
     fig.suptitle(f"{summary['model']}: visual sinks at hook_resid_pre, tau = {summary['tau']:g} on dims "
                  f"{summary['sink_dims']}, {summary['n_scenes']} held-out scenes, layers 0-{layers[-1]}", fontsize=10)  # fmt: skip
     fig.tight_layout()

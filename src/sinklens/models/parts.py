@@ -210,16 +210,3 @@ def onnx_backbone_output(path: Path, pixel_values: torch.Tensor) -> torch.Tensor
     session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     (out,) = session.run([add.output[0]], {graph.input[0].name: pixel_values.numpy().astype("float32")})
     return torch.from_numpy(out)
-
-
-def describe_cache() -> dict[str, Any]:
-    """What is cached where (for `sinklens` diagnostics and the model card)."""
-    root = cache_root()
-    return {
-        "root": str(root),
-        "entries": {p.name: sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) for p in root.glob("*-v*")}
-        if root.is_dir()
-        else {},
-        "format": FORMAT,
-        "packages": {SMOLLM2[0]: SMOLLM2[1], DINOV2[0]: DINOV2[1]},
-    }
