@@ -242,6 +242,11 @@ class TransformerLensRunner:
 
         Runs exactly `max_new_tokens` steps, choosing with EOS suppressed as
         HF's `min_new_tokens` does, so both backends decode the same tokens.
+        The prefill computes the logits of the last position only, as HF's
+        `generate` does (`logits_to_keep=1`): `hook_logits` holds `[batch, 1,
+        vocab]` on every step under both backends, and the unembedding runs on
+        the same shape (a full-sequence GEMM sums in another order: 3e-5 apart
+        on toy-llava's logits).
         """
         prepared = prepare(self.loaded, inputs, interventions)
         recorder = Recorder()
@@ -252,6 +257,8 @@ class TransformerLensRunner:
             self.bridge.generate(
                 prepared.inputs["input_ids"], max_new_tokens=max_new_tokens, do_sample=False, stop_at_eos=False,
                 use_past_kv_cache=True, verbose=False, return_type="tokens", **_model_kwargs(prepared.inputs),
+                # passed to the model on the prefill only (with the pixels); every later step is one position
+                logits_to_keep=1,
             )
         return finish_generation(self.loaded, prepared, recorder)
 
