@@ -57,7 +57,9 @@ from sinklens.backends.common import (
 )
 from sinklens.errors import BackendError, CatalogueError
 from sinklens.hook_points import parse
-from sinklens.interventions.base import Hook, Members, RunContext, apply_point, ordered_hooks
+from sinklens.interventions.base import (
+    Hook, Members, RunContext, apply_point, module_weights, ordered_hooks, wants_weights,
+)
 from sinklens.models.loading import LoadedModel
 
 __all__ = [
@@ -148,18 +150,36 @@ def transformer_lens_hooks(
     hooks = ordered_hooks(interventions, ctx)
     counter = _Counter(forwards=first_step)
     fwd_hooks: list[TLHook] = [(catalogue.transformer_lens_entry, partial(_count_step, ctx=ctx, counter=counter))]
+    groups = []
     for name, group in groupby(hooks, key=lambda hook: hook.name):
         point = parse(name)
-        fn = partial(_run_point, hooks=tuple(group), ctx=ctx, layout=_LAYOUTS.get(point.point))
-        fwd_hooks.append((catalogue.transformer_lens_name(point), fn))
+        groups.append((catalogue.transformer_lens_name(point), point, tuple(group)))
     if bridge is not None:
-        missing = [tl_name for tl_name, _ in fwd_hooks if tl_name not in bridge.hook_dict]
+        missing = [tl_name for tl_name in [fwd_hooks[0][0], *(tl_name for tl_name, _, _ in groups)]
+                   if tl_name not in bridge.hook_dict]  # fmt: skip
         if missing:
             raise CatalogueError(
                 f"{catalogue.source} [transformer_lens] names {missing}, which this bridge does not have; "
                 "fix the names in the catalogue file (bridge.hook_dict lists the bridge's)"
             )
+    for tl_name, point, group in groups:
+        module = None
+        if wants_weights(group):
+            if bridge is None:
+                raise BackendError(
+                    f"a hook at {point.name!r} reads the weights of the module that point feeds: give "
+                    "transformer_lens_hooks(..., bridge=bridge) so they can be found"
+                )
+            module = _module_fed_by(bridge, tl_name)
+        fn = partial(_run_point, hooks=group, ctx=ctx, layout=_LAYOUTS.get(point.point), module=module)
+        fwd_hooks.append((tl_name, fn))
     return fwd_hooks
+
+
+def _module_fed_by(bridge: Any, tl_name: str) -> Any:
+    """The bridge component whose input hook is `tl_name` (attn.hook_z: the output projection), or None."""
+    hook_point = bridge.hook_dict[tl_name]
+    return next((module for module in bridge.modules() if getattr(module, "hook_in", None) is hook_point), None)
 
 
 @dataclass
@@ -173,10 +193,11 @@ def _count_step(tensor: Tensor, hook: Any, *, ctx: RunContext, counter: _Counter
 
 
 def _run_point(
-    tensor: Tensor, hook: Any, *, hooks: Sequence[Hook], ctx: RunContext, layout: _Layout | None
+    tensor: Tensor, hook: Any, *, hooks: Sequence[Hook], ctx: RunContext, layout: _Layout | None, module: Any
 ) -> Tensor | None:
     value = einops.rearrange(tensor, layout.to_sinklens) if layout else tensor
-    result = apply_point(hooks, value, ctx)
+    weights = module_weights(module, repr(hooks[0].name)) if wants_weights(hooks) else None
+    result = apply_point(hooks, value, ctx, weights)
     if result is None:
         return None
     if layout is None:
