@@ -162,6 +162,7 @@ def transformer_lens_hooks(
                 f"{catalogue.source} [transformer_lens] names {missing}, which this bridge does not have; "
                 "fix the names in the catalogue file (bridge.hook_dict lists the bridge's)"
             )
+    fed_by: dict[int, Any] | None = None
     for tl_name, point, group in groups:
         module = None
         if wants_weights(group):
@@ -170,16 +171,21 @@ def transformer_lens_hooks(
                     f"a hook at {point.name!r} reads the weights of the module that point feeds: give "
                     "transformer_lens_hooks(..., bridge=bridge) so they can be found"
                 )
-            module = _module_fed_by(bridge, tl_name)
+            fed_by = _modules_by_input_hook(bridge) if fed_by is None else fed_by
+            module = fed_by.get(id(bridge.hook_dict[tl_name]))
         fn = partial(_run_point, hooks=group, ctx=ctx, layout=_LAYOUTS.get(point.point), module=module)
         fwd_hooks.append((tl_name, fn))
     return fwd_hooks
 
 
-def _module_fed_by(bridge: Any, tl_name: str) -> Any:
-    """The bridge component whose input hook is `tl_name` (attn.hook_z: the output projection), or None."""
-    hook_point = bridge.hook_dict[tl_name]
-    return next((module for module in bridge.modules() if getattr(module, "hook_in", None) is hook_point), None)
+def _modules_by_input_hook(bridge: Any) -> dict[int, Any]:
+    """Each bridge component by (the id of) its input hook: the one fed by attn.hook_z is the output projection."""
+    fed_by = {}
+    for module in bridge.modules():
+        hook_in = getattr(module, "hook_in", None)
+        if hook_in is not None:
+            fed_by.setdefault(id(hook_in), module)
+    return fed_by
 
 
 @dataclass
