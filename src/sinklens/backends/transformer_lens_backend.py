@@ -142,7 +142,9 @@ def transformer_lens_hooks(
 ) -> list[TLHook]:
     """The `fwd_hooks` that run a stack on a bridge: one function per bridge hook point, plus the step counter.
 
-    Give `bridge` to check every name against it. Every forward pass under
+    Give `bridge` to check every name against it (a stack with a hook that
+    reads weights, such as AttentionContribution, needs it: the weights are
+    those of the bridge's component fed by the point). Every forward pass under
     these hooks advances `ctx.step`; the first is `first_step` (0: the prefill;
     give 1 to decode by hand from a cache that a prefill with `ctx` filled).
     """
