@@ -305,3 +305,13 @@ def test_records_agree_across_backends(tl_runner):
     for key in ("contribution", "contribution_output", "head_scores", "attention_maps"):
         diff = max(max_diff(a.records[key][l], b.records[key][l]) for l in a.records[key])
         assert diff <= TOLERANCE, f"{key}: nnsight vs TransformerLens max abs diff {diff}"
+
+
+def test_transformer_lens_hooks_without_the_bridge_cannot_find_the_weights():
+    from sinklens.backends.common import make_context
+    from sinklens.backends.transformer_lens_backend import transformer_lens_hooks
+    from sinklens.errors import BackendError
+
+    lm, inputs = loaded("tiny-llava"), demo_inputs("tiny-llava")
+    with pytest.raises(BackendError, match=r"blocks\.1\.attn\.hook_z.*bridge=bridge"):
+        transformer_lens_hooks(lm, [AttentionContribution(layers=[1])], make_context(lm, inputs))
