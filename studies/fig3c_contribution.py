@@ -31,7 +31,7 @@ def main(argv=None) -> dict:
     study = Study.start(args)
     lm = study.loaded
     layers = tuple(range(2, lm.n_layers))
-    contribution = sl.AttentionContribution.of(lm, layers=layers)
+    contribution = sl.AttentionContribution(layers=layers)
     keys = ("contribution", "attention")
     series = {(kind, what): {l: [] for l in layers} for kind in ("sinks", "random") for what in keys}
     generator = torch.Generator().manual_seed(args.seed)

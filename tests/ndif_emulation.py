@@ -47,8 +47,8 @@ def client(name: str) -> dict:
     inputs = lm.prepare(demo_scene(name), "What is in the image?")
     stack = sl.Stack(
         sl.FindSinks(), SinkDimensionScan(layers=[2], dims=[0, 1]), sl.PAI(alpha=0.3), sl.VAR(),
-        ("blocks.3.attn.hook_pattern", damp_first_key), sl.VCD(alpha=0.5),
-    )
+        ("blocks.3.attn.hook_pattern", damp_first_key), sl.AttentionContribution(layers=[2]), sl.VCD(alpha=0.5),
+    )  # AttentionContribution reads W_O from the server's model
     runner = NnsightRunner(lm)
     local_forward = runner.forward(inputs, stack)
     local_generate = runner.generate(inputs, stack, max_new_tokens=3)
@@ -61,6 +61,7 @@ def client(name: str) -> dict:
         "model": lm.model, "processor": lm.processor, "blobs": blobs,
         "forward": local_forward.logits, "generate": local_generate.step_logits,
         "sinks": {layer: mask.clone() for layer, mask in local_forward.ctx.sinks.items()},
+        "contribution": local_forward.ctx.records["contribution"][2],
     }
 
 
@@ -96,6 +97,7 @@ def main(name: str) -> None:
         "same_inf": bool(torch.equal(torch.isinf(forward["logits"][:n]), torch.isinf(made["forward"]))),
         "sinks_equal": all(torch.equal(forward["state"]["sinks"][layer], mask) for layer, mask in made["sinks"].items()),
         "scan_layers": sorted(forward["state"]["records"].get("scan", {})),
+        "contribution_max_diff": (forward["state"]["records"]["contribution"][2] - made["contribution"]).abs().max().item(),
         "sinklens_imported": any(key.split(".")[0] in BLOCKED for key in sys.modules),
     }))
 

@@ -36,7 +36,7 @@ def capture_hooks(store, n_layers, point):
 def test_contribution_sums_to_the_attention_output(name):
     lm, runner, inputs = loaded(name), runner_for(name), demo_inputs(name)
     out_proj = {}
-    stack = [AttentionContribution.of(lm), *capture_hooks(out_proj, lm.n_layers, "hook_attn_out")]
+    stack = [AttentionContribution(), *capture_hooks(out_proj, lm.n_layers, "hook_attn_out")]
     ctx = runner.forward(inputs, stack).ctx
     first = int(ctx.image.text_start.min())
     diff = max(max_diff(ctx.records["contribution_output"][l], out_proj[l][:, first:]) for l in range(lm.n_layers))
@@ -48,7 +48,7 @@ def test_contribution_norms_match_the_loop_oracle():
     lm, runner, inputs = loaded(name), runner_for(name), demo_inputs(name)
     values, patterns = {}, {}
     layer = 3
-    stack = [AttentionContribution.of(lm, layers=[layer]),
+    stack = [AttentionContribution(layers=[layer]),
              Hook(f"blocks.{layer}.attn.hook_v", partial(capture, values, layer), writes=False),
              Hook(f"blocks.{layer}.attn.hook_pattern", partial(capture, patterns, layer), writes=False)]  # fmt: skip
     ctx = runner.forward(inputs, stack).ctx
@@ -58,6 +58,71 @@ def test_contribution_norms_match_the_loop_oracle():
     pattern = patterns[layer][:, :, first:][:, :, :2]  # two query rows keep the loop oracle quick
     expected = oracles.attention_contribution(pattern, values[layer], w_o)
     torch.testing.assert_close(ctx.records["contribution"][layer][:, :, :2].double(), expected, atol=1e-5, rtol=1e-4)
+
+
+def tiny_llava_with_attention_bias():
+    """tiny-llava's structure with biases on q, k, v and o (LLaMA's attention_bias), random weights."""
+    from transformers import LlavaForConditionalGeneration
+
+    from sinklens.models import from_hf
+    from sinklens.models.tiny import tiny_llava_config, tiny_processor
+
+    config = tiny_llava_config()
+    config.text_config.attention_bias = True
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    return from_hf(LlavaForConditionalGeneration(config).eval(), tiny_processor(), name="tiny-llava")
+
+
+def test_an_output_projection_with_a_bias_is_refused_in_both_backends():
+    from sinklens.backends.nnsight_backend import NnsightRunner
+    from sinklens.backends.transformer_lens_backend import TransformerLensRunner
+
+    lm = tiny_llava_with_attention_bias()
+    inputs = demo_inputs("tiny-llava")
+    for runner in (NnsightRunner(lm), TransformerLensRunner(lm)):
+        with pytest.raises(ParameterError, match="layer 1's attention output projection has a bias"):
+            runner.forward(inputs, [AttentionContribution(layers=[1])])
+
+
+def test_the_intervention_holds_no_weights_and_reads_them_at_run_time():
+    contribution = AttentionContribution(layers=[1, 2])
+    assert contribution == AttentionContribution(layers=[1, 2])  # plain values only
+    assert not any(isinstance(value, torch.Tensor) for value in vars(contribution).values())
+    lm, runner, inputs = loaded("tiny-llava"), runner_for("tiny-llava"), demo_inputs("tiny-llava")
+    o_proj = lm.model.model.language_model.layers[1].self_attn.o_proj
+    before = runner.forward(inputs, [contribution]).ctx.records["contribution"][1]
+    saved = o_proj.weight.detach().clone()
+    try:
+        with torch.no_grad():
+            o_proj.weight.mul_(2.0)
+        after = runner.forward(inputs, [contribution]).ctx.records["contribution"][1]
+    finally:
+        with torch.no_grad():
+            o_proj.weight.copy_(saved)
+    torch.testing.assert_close(after, 2 * before)  # ||2 W_O v|| = 2 ||W_O v||: the model's weight, at run time
+
+
+def test_the_stack_plan_says_where_the_weights_are_read():
+    from sinklens import Stack
+    from sinklens.backends.common import make_context
+
+    ctx = make_context(loaded("tiny-llava"), demo_inputs("tiny-llava"))
+    lines = Stack(AttentionContribution(layers=[1])).describe(ctx).splitlines()
+    assert [line.split()[:2] for line in lines] == [
+        ["blocks.1.attn.hook_v", "reads"], ["blocks.1.attn.hook_pattern", "reads"], ["blocks.1.attn.hook_z", "reads"],
+    ]
+    assert ["+ weights" in line for line in lines] == [False, False, True]
+
+
+@pytest.mark.parametrize("backend", ["nnsight", "transformer_lens"])
+def test_weights_asked_for_where_no_module_is_fed_are_refused(backend, tl_runner):
+    from sinklens.errors import HookContractError
+
+    runner = runner_for("tiny-llava") if backend == "nnsight" else tl_runner
+    hook = Hook("blocks.1.attn.hook_pattern", lambda pattern, ctx, weight, bias: None, writes=False, weights=True)
+    with pytest.raises(HookContractError, match="no module with a weight.*attn.hook_z"):
+        runner.forward(demo_inputs("tiny-llava"), [hook])
 
 
 # --- ablation --------------------------------------------------------------------------------------
@@ -176,8 +241,8 @@ def test_head_scores_and_maps_match_loop_oracles(name):
 
 
 def test_read_only_members_leave_the_logits_alone():
-    lm, runner, inputs = loaded("tiny-llava"), runner_for("tiny-llava"), demo_inputs("tiny-llava")
-    stack = [FindSinks(), AttentionContribution.of(lm), HeadScores(), AttentionMaps(queries="last")]
+    runner, inputs = runner_for("tiny-llava"), demo_inputs("tiny-llava")
+    stack = [FindSinks(), AttentionContribution(), HeadScores(), AttentionMaps(queries="last")]
     assert torch.equal(runner.forward(inputs, stack).logits, runner.forward(inputs).logits)
 
 
@@ -234,9 +299,19 @@ def test_bad_input_is_refused_with_the_fix():
 
 
 def test_records_agree_across_backends(tl_runner):
-    lm, runner, inputs = loaded("tiny-llava"), runner_for("tiny-llava"), demo_inputs("tiny-llava")
-    stack = [FindSinks(), AttentionContribution.of(lm), HeadScores(), AttentionMaps()]
+    runner, inputs = runner_for("tiny-llava"), demo_inputs("tiny-llava")
+    stack = [FindSinks(), AttentionContribution(), HeadScores(), AttentionMaps()]
     a, b = runner.forward(inputs, stack).ctx, tl_runner.forward(inputs, stack).ctx
     for key in ("contribution", "contribution_output", "head_scores", "attention_maps"):
         diff = max(max_diff(a.records[key][l], b.records[key][l]) for l in a.records[key])
         assert diff <= TOLERANCE, f"{key}: nnsight vs TransformerLens max abs diff {diff}"
+
+
+def test_transformer_lens_hooks_without_the_bridge_cannot_find_the_weights():
+    from sinklens.backends.common import make_context
+    from sinklens.backends.transformer_lens_backend import transformer_lens_hooks
+    from sinklens.errors import BackendError
+
+    lm, inputs = loaded("tiny-llava"), demo_inputs("tiny-llava")
+    with pytest.raises(BackendError, match=r"blocks\.1\.attn\.hook_z.*bridge=bridge"):
+        transformer_lens_hooks(lm, [AttentionContribution(layers=[1])], make_context(lm, inputs))

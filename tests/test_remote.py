@@ -44,8 +44,10 @@ def scale_resid(resid, ctx):
     return resid * 1.01
 
 
-# Every intervention the remote route must carry: one line each. (Analysis interventions join here.)
-from sinklens.interventions.analysis import AttentionMaps, HeadScores, RandomAblation, SinkAblation  # noqa: E402
+# Every intervention the remote route must carry: one line each.
+from sinklens.interventions.analysis import (  # noqa: E402
+    AttentionContribution, AttentionMaps, HeadScores, RandomAblation, SinkAblation,
+)
 
 REMOTE_CASES = {
     "FindSinks": lambda: [sl.FindSinks()],
@@ -60,6 +62,7 @@ REMOTE_CASES = {
     "RandomAblation": lambda: [sl.FindSinks(), RandomAblation(seed=0, layers=[2, 3])],
     "HeadScores": lambda: [sl.FindSinks(), HeadScores(layers=[2])],
     "AttentionMaps": lambda: [sl.FindSinks(), AttentionMaps(layers=[2])],
+    "AttentionContribution": lambda: [AttentionContribution(layers=[1, 3])],  # W_O read on the server
     "Stack": lambda: sl.Stack(
         sl.FindSinks(), sl.PAI(alpha=0.3), sl.OnPass("image", sl.VAR()),
         ("blocks.3.attn.hook_pattern", damp_first_key), sl.VCD(alpha=0.5),
@@ -76,6 +79,25 @@ def _same_state(local, remote) -> None:
         for layer, values in local.records["scan"].items():
             torch.testing.assert_close(values, remote.records["scan"][layer], rtol=0, atol=0)
     assert local.records.get("var") == remote.records.get("var")
+    for key in local.records:
+        _same_records(local.records[key], remote.records[key], key)
+
+
+def _same_records(local, remote, where: str) -> None:
+    """Plain data of the same structure; tensors within TOLERANCE (contribution norms, head scores, maps)."""
+    assert type(local) is type(remote), f"records[{where}]: {type(local).__name__} vs {type(remote).__name__}"
+    if isinstance(local, torch.Tensor):
+        torch.testing.assert_close(local, remote, rtol=0, atol=TOLERANCE, msg=lambda m: f"records[{where}]: {m}")
+    elif isinstance(local, dict):
+        assert sorted(local) == sorted(remote), f"records[{where}] keys"
+        for key in local:
+            _same_records(local[key], remote[key], f"{where}][{key!r}")
+    elif isinstance(local, (list, tuple)):
+        assert len(local) == len(remote), f"records[{where}] length"
+        for index, (a, b) in enumerate(zip(local, remote)):
+            _same_records(a, b, f"{where}][{index}")
+    else:
+        assert local == remote, f"records[{where}]"
 
 
 @pytest.mark.parametrize("name", REMOTE_MODELS)
@@ -118,21 +140,28 @@ def _input_bytes(inputs, doubled: bool) -> int:
 
 
 @pytest.mark.parametrize("name", REMOTE_MODELS)
-def test_the_request_is_small_and_names_no_local_module(name):
-    """No weights, no tensor larger than the inputs, and only packages an NDIF server has."""
+@pytest.mark.parametrize("case", ["Stack", "AttentionContribution"])
+def test_the_request_is_small_and_names_no_local_module(name, case):
+    """No weights, no tensor larger than the inputs, and only packages an NDIF server has.
+
+    AttentionContribution uses W_O: it must read it on the server, not ship it
+    (one o_proj weight is larger than the image, so the largest-binary check catches it).
+    """
     runner, inputs = runner_for(name), demo_inputs(name)
     simulation = Simulation(keep_bytes=True)
-    runner.forward(inputs, REMOTE_CASES["Stack"](), remote=simulation)
-    runner.generate(inputs, REMOTE_CASES["Stack"](), max_new_tokens=STEPS, remote=simulation)
+    runner.forward(inputs, REMOTE_CASES[case](), remote=simulation)
+    runner.generate(inputs, REMOTE_CASES[case](), max_new_tokens=STEPS, remote=simulation)
     weights = sum(p.numel() * p.element_size() for p in runner.loaded.model.parameters())
+    doubled = case == "Stack"  # VCD ships a noised copy of the image
     for payload in simulation.payloads:
-        code = payload.size - _input_bytes(inputs, doubled=True)  # VCD ships a noised copy of the image
-        print(f"{name}: request {payload.size:,} bytes, {code:,} besides the inputs (weights: {weights:,})")
+        code = payload.size - _input_bytes(inputs, doubled=doubled)
+        print(f"{name} {case}: request {payload.size:,} bytes, {code:,} besides the inputs (weights: {weights:,})")
         # the code and the plan: ~1 kB per hook (toy-llava's 30 layers: ~190 kB), whatever the model's size
         assert code < 300_000, f"{code} bytes besides the inputs"
         assert payload.foreign == frozenset(), f"named by reference: {sorted(payload.foreign)}"
         largest_input = max(value.numel() * value.element_size() for value in inputs.values())
-        assert _largest_binary(payload.blob) <= 2 * largest_input + 1024  # the image and its noised copy, in one tensor
+        # the image (and VCD's noised copy, in one tensor)
+        assert _largest_binary(payload.blob) <= (2 if doubled else 1) * largest_input + 1024
 
 
 def _largest_binary(blob: bytes) -> int:
@@ -153,6 +182,7 @@ def test_a_server_without_sinklens_or_jaxtyping_runs_the_request(name):
     assert not result["sinklens_imported"]
     assert result["same_inf"] and result["sinks_equal"] and result["scan_layers"] == [2]
     assert result["forward_max_diff"] <= TOLERANCE and result["generate_max_diff"] <= TOLERANCE
+    assert result["contribution_max_diff"] <= TOLERANCE  # W_O read from the server's model
 
 
 def _saved_copy(name: str, tmp_path_factory) -> Path:
@@ -183,7 +213,9 @@ def test_a_weightless_client_gets_the_local_logits_from_a_server(name, tmp_path_
     local = runner_for(name)
     inputs = client.loaded.prepare(*_scene_and_question(name))
     dims = local.loaded.sink_dims  # the folder's name is in no registry
-    stack = sl.Stack(sl.FindSinks(dims=dims), sl.PAI(alpha=0.3), sl.VAR(), ("blocks.3.attn.hook_pattern", damp_first_key))
+    # AttentionContribution needs W_O, which this client has on the meta device only: the server's is read
+    stack = sl.Stack(sl.FindSinks(dims=dims), sl.PAI(alpha=0.3), sl.VAR(), ("blocks.3.attn.hook_pattern", damp_first_key),
+                     AttentionContribution(layers=[2]))  # fmt: skip
     simulation = Simulation(server=wrap(local.loaded))
     served = client.forward(inputs, stack, remote=simulation)
     assert_logits_close(local.forward(inputs, stack).logits, served.logits, TOLERANCE, "prefill")

@@ -51,7 +51,9 @@ from sinklens.backends.common import (
 )
 from sinklens.backends.remote import check_remote_argument, shipping, trace_options
 from sinklens.errors import CatalogueError
-from sinklens.interventions.base import Hook, Members, RunContext, apply_point, ordered_hooks
+from sinklens.interventions.base import (
+    Hook, Members, RunContext, apply_point, module_weights, ordered_hooks, wants_weights,
+)
 from sinklens.models.catalogue import HookCatalogue
 from sinklens.models.loading import LoadedModel
 
@@ -128,7 +130,10 @@ def _run_point(root: Any, point: PlanPoint, ctx: RunContext) -> None:
     envoy = _envoy(root, point)
     whole = getattr(envoy, point.attribute)
     value = whole[point.index] if point.index is not None else whole
-    result = apply_point(point.hooks, value, ctx)
+    weights = None
+    if wants_weights(point.hooks):  # read here, next to the model: the request carries no weight
+        weights = module_weights(envoy if point.attribute == "input" else None, f"{point.name!r} ({point.source})")
+    result = apply_point(point.hooks, value, ctx, weights)
     if result is not None:
         if point.index is not None:
             parts = list(whole)

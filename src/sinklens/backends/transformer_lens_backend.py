@@ -57,7 +57,9 @@ from sinklens.backends.common import (
 )
 from sinklens.errors import BackendError, CatalogueError
 from sinklens.hook_points import parse
-from sinklens.interventions.base import Hook, Members, RunContext, apply_point, ordered_hooks
+from sinklens.interventions.base import (
+    Hook, Members, RunContext, apply_point, module_weights, ordered_hooks, wants_weights,
+)
 from sinklens.models.loading import LoadedModel
 
 __all__ = [
@@ -140,7 +142,9 @@ def transformer_lens_hooks(
 ) -> list[TLHook]:
     """The `fwd_hooks` that run a stack on a bridge: one function per bridge hook point, plus the step counter.
 
-    Give `bridge` to check every name against it. Every forward pass under
+    Give `bridge` to check every name against it (a stack with a hook that
+    reads weights, such as AttentionContribution, needs it: the weights are
+    those of the bridge's component fed by the point). Every forward pass under
     these hooks advances `ctx.step`; the first is `first_step` (0: the prefill;
     give 1 to decode by hand from a cache that a prefill with `ctx` filled).
     """
@@ -148,18 +152,42 @@ def transformer_lens_hooks(
     hooks = ordered_hooks(interventions, ctx)
     counter = _Counter(forwards=first_step)
     fwd_hooks: list[TLHook] = [(catalogue.transformer_lens_entry, partial(_count_step, ctx=ctx, counter=counter))]
+    groups = []
     for name, group in groupby(hooks, key=lambda hook: hook.name):
         point = parse(name)
-        fn = partial(_run_point, hooks=tuple(group), ctx=ctx, layout=_LAYOUTS.get(point.point))
-        fwd_hooks.append((catalogue.transformer_lens_name(point), fn))
+        groups.append((catalogue.transformer_lens_name(point), point, tuple(group)))
     if bridge is not None:
-        missing = [tl_name for tl_name, _ in fwd_hooks if tl_name not in bridge.hook_dict]
+        missing = [tl_name for tl_name in [fwd_hooks[0][0], *(tl_name for tl_name, _, _ in groups)]
+                   if tl_name not in bridge.hook_dict]  # fmt: skip
         if missing:
             raise CatalogueError(
                 f"{catalogue.source} [transformer_lens] names {missing}, which this bridge does not have; "
                 "fix the names in the catalogue file (bridge.hook_dict lists the bridge's)"
             )
+    fed_by: dict[int, Any] | None = None
+    for tl_name, point, group in groups:
+        module = None
+        if wants_weights(group):
+            if bridge is None:
+                raise BackendError(
+                    f"a hook at {point.name!r} reads the weights of the module that point feeds: give "
+                    "transformer_lens_hooks(..., bridge=bridge) so they can be found"
+                )
+            fed_by = _modules_by_input_hook(bridge) if fed_by is None else fed_by
+            module = fed_by.get(id(bridge.hook_dict[tl_name]))
+        fn = partial(_run_point, hooks=group, ctx=ctx, layout=_LAYOUTS.get(point.point), module=module)
+        fwd_hooks.append((tl_name, fn))
     return fwd_hooks
+
+
+def _modules_by_input_hook(bridge: Any) -> dict[int, Any]:
+    """Each bridge component by (the id of) its input hook: the one fed by attn.hook_z is the output projection."""
+    fed_by = {}
+    for module in bridge.modules():
+        hook_in = getattr(module, "hook_in", None)
+        if hook_in is not None:
+            fed_by.setdefault(id(hook_in), module)
+    return fed_by
 
 
 @dataclass
@@ -173,10 +201,11 @@ def _count_step(tensor: Tensor, hook: Any, *, ctx: RunContext, counter: _Counter
 
 
 def _run_point(
-    tensor: Tensor, hook: Any, *, hooks: Sequence[Hook], ctx: RunContext, layout: _Layout | None
+    tensor: Tensor, hook: Any, *, hooks: Sequence[Hook], ctx: RunContext, layout: _Layout | None, module: Any
 ) -> Tensor | None:
     value = einops.rearrange(tensor, layout.to_sinklens) if layout else tensor
-    result = apply_point(hooks, value, ctx)
+    weights = module_weights(module, repr(hooks[0].name)) if wants_weights(hooks) else None
+    result = apply_point(hooks, value, ctx, weights)
     if result is None:
         return None
     if layout is None:
@@ -242,6 +271,11 @@ class TransformerLensRunner:
 
         Runs exactly `max_new_tokens` steps, choosing with EOS suppressed as
         HF's `min_new_tokens` does, so both backends decode the same tokens.
+        The prefill computes the logits of the last position only, as HF's
+        `generate` does (`logits_to_keep=1`): `hook_logits` holds `[batch, 1,
+        vocab]` on every step under both backends, and the unembedding runs on
+        the same shape (a full-sequence GEMM sums in another order: 3e-5 apart
+        on toy-llava's logits).
         """
         prepared = prepare(self.loaded, inputs, interventions)
         recorder = Recorder()
@@ -252,6 +286,8 @@ class TransformerLensRunner:
             self.bridge.generate(
                 prepared.inputs["input_ids"], max_new_tokens=max_new_tokens, do_sample=False, stop_at_eos=False,
                 use_past_kv_cache=True, verbose=False, return_type="tokens", **_model_kwargs(prepared.inputs),
+                # passed to the model on the prefill only (with the pixels); every later step is one position
+                logits_to_keep=1,
             )
         return finish_generation(self.loaded, prepared, recorder)
 

@@ -15,8 +15,8 @@ first. Read-only members (`writes=False`) leave what they measure in
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -35,7 +35,7 @@ from sinklens.ops import (
     visual_nonsink_ratio,
 )
 from sinklens.errors import MissingSinksError, ParameterError
-from sinklens.hook_points import block, parse
+from sinklens.hook_points import block
 from sinklens.interventions import params
 from sinklens.interventions.base import Hook, RunContext, resolve_layers
 
@@ -179,58 +179,65 @@ def _ablate(scores: Tensor, ctx: RunContext, *, layer: int, chosen: Any) -> Tens
 class AttentionContribution:
     """c_ij = || a_ij W_O^h W_V^h x~_j || per layer, head, text query and key (SPEC section 4; prefill).
 
-    Reads `attn.hook_v` (GQA: each key/value head serves its group of query
-    heads) and `attn.hook_pattern`; W_O comes from the model, so build it with
-    `AttentionContribution.of(loaded)`. Records, per layer, in ctx.records:
+    Keeps `attn.hook_v` (GQA: each key/value head serves its group of query
+    heads) and the text rows of `attn.hook_pattern`, and computes at
+    `attn.hook_z`, where the backend hands it W_O: the weight of the module that
+    point feeds (o_proj), read next to the model (on the server in a remote
+    run), so the intervention holds only its layers (default: every layer).
+    Records, per layer, in ctx.records:
     - "contribution": `[batch, head, query, key]` norms for the query rows from
       the earliest text start (fp32, CPU);
     - "contribution_output": `[batch, query, d_model]`, the sum of the vectors
-      a_ij W_O^h v_j over heads and keys: the attention output (o_proj's output,
-      which has no bias in LLaMA-family models), as a check that the pieces add up.
+      a_ij W_O^h v_j over heads and keys: the attention output (o_proj's output),
+      as a check that the pieces add up. An output projection with a bias is
+      refused: the bias is no key's contribution.
     """
 
-    w_o: Mapping[int, Tensor] = field(repr=False, compare=False)
     layers: Sequence[int] | None = None
 
-    @classmethod
-    def of(cls, loaded: Any, layers: Sequence[int] | None = None) -> AttentionContribution:
-        """W_O of every (chosen) layer, read from the module whose input is `attn.hook_z` (o_proj)."""
-        chosen = resolve_layers(layers, loaded.n_layers, range(loaded.n_layers))
-        w_o = {}
-        for layer in chosen:
-            path = loaded.catalogue.nnsight_path(parse(block(layer, "attn.hook_z")))
-            module = loaded.model.get_submodule(path.rsplit(".", 1)[0])
-            if getattr(module, "bias", None) is not None:
-                raise ParameterError(
-                    f"layer {layer}'s output projection has a bias; the contribution decomposition assumes none"
-                )
-            w_o[layer] = module.weight.detach()
-        return cls(w_o=w_o, layers=None if layers is None else chosen)
-
     def hooks(self, ctx: RunContext) -> list[Hook]:
-        layers = resolve_layers(self.layers if self.layers is not None else sorted(self.w_o), ctx.n_layers, range(0))
-        missing = [layer for layer in layers if layer not in self.w_o]
-        if missing:
-            raise ParameterError(f"no W_O for layers {missing}: build with AttentionContribution.of(loaded, layers)")
+        layers = resolve_layers(self.layers, ctx.n_layers, range(ctx.n_layers))
         hooks = []
         for layer in layers:
-            hooks.append(Hook(block(layer, "attn.hook_v"), partial(_keep_values, layer=layer),
-                              prefill_only=True, writes=False))  # fmt: skip
-            hooks.append(Hook(block(layer, "attn.hook_pattern"),
-                              partial(_contribution, layer=layer, w_o=self.w_o[layer]),
-                              prefill_only=True, writes=False))  # fmt: skip
+            hooks += [
+                Hook(block(layer, "attn.hook_v"), partial(_keep, key="_values", layer=layer, first_row=False),
+                     prefill_only=True, writes=False),
+                Hook(block(layer, "attn.hook_pattern"), partial(_keep, key="_patterns", layer=layer, first_row=True),
+                     prefill_only=True, writes=False),
+                Hook(block(layer, "attn.hook_z"), partial(_contribution, layer=layer),
+                     prefill_only=True, writes=False, weights=True),
+            ]  # fmt: skip
         return hooks
 
 
-def _keep_values(value: Tensor, ctx: RunContext, *, layer: int) -> None:
-    ctx.records.setdefault("_values", {})[layer] = value.detach()
+def _keep(tensor: Tensor, ctx: RunContext, *, key: str, layer: int, first_row: bool) -> None:
+    """Keep a copy until hook_z of this layer (a copy: a later member at this point may edit in place)."""
+    kept = tensor[:, :, _first_row(ctx):, :] if first_row else tensor
+    ctx.records.setdefault(key, {})[layer] = kept.detach().to(torch.float32, copy=True)
 
 
-def _contribution(pattern: Tensor, ctx: RunContext, *, layer: int, w_o: Tensor) -> None:
-    value = ctx.records["_values"].pop(layer)
-    first = _first_row(ctx)
-    rows = pattern[:, :, first:, :].detach().float()
-    outputs = head_value_outputs(value.float(), w_o.to(value.device).float(), pattern.shape[1])
+def _take(ctx: RunContext, key: str, layer: int) -> Tensor:
+    kept = ctx.records[key]
+    tensor = kept.pop(layer)
+    if not kept:
+        del ctx.records[key]  # nothing of the scratch space goes back with the records
+    return tensor
+
+
+def _contribution(z: Tensor, ctx: RunContext, *, layer: int, weight: Tensor, bias: Tensor | None) -> None:
+    if bias is not None:
+        raise ParameterError(
+            f"layer {layer}'s attention output projection has a bias; AttentionContribution's decomposition "
+            "(per-key vectors that sum to the attention output) assumes none: use it on a model without one"
+        )
+    if weight.shape[-1] != z.shape[-1]:
+        raise ParameterError(
+            f"layer {layer}: the module fed by attn.hook_z has a weight of shape {tuple(weight.shape)}, but "
+            f"hook_z holds {z.shape[-1]} features; it must be the attention's output projection (check the "
+            "catalogue's attn.hook_z path)"
+        )
+    value, rows = _take(ctx, "_values", layer), _take(ctx, "_patterns", layer)
+    outputs = head_value_outputs(value, weight.to(value.device, torch.float32), rows.shape[1])
     ctx.records.setdefault("contribution", {})[layer] = attention_contribution(rows, outputs).cpu()
     ctx.records.setdefault("contribution_output", {})[layer] = contribution_sum(rows, outputs).cpu()
 

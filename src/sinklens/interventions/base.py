@@ -25,6 +25,7 @@ from sinklens.models.spans import ImageSpans
 from sinklens.ops._typing import Bool
 
 HookFn = Callable[[Tensor, "RunContext"], Tensor | None]
+ModuleWeights = tuple[Tensor, Tensor | None]  # (weight, bias) of the module a hook point feeds; bias may be None
 
 
 @dataclass(frozen=True)
@@ -34,12 +35,19 @@ class Hook:
     `prefill_only` hooks are skipped while decoding. `writes=False` declares a
     hook that only reads (FindSinks, recorders): returning a tensor from it is
     an error, so a stack's declared reads and writes are the ones that happen.
+    `weights=True` declares a function that also needs the parameters of the
+    module whose input the point is (at `attn.hook_z`: the attention's output
+    projection, W_O); it is called `fn(tensor, ctx, weight=..., bias=...)`
+    (`bias` None where the module has none). The backend reads them where the
+    model runs, on the server in a remote run: an intervention holds no
+    weights, and a request carries none.
     """
 
     name: str
     fn: HookFn
     prefill_only: bool = False
     writes: bool = True
+    weights: bool = False
 
     @property
     def point(self) -> HookPoint:
@@ -165,17 +173,30 @@ def ordered_hooks(interventions: Members | Member, ctx: RunContext) -> list[Hook
     return sorted(hooks, key=lambda hook: (hook.point.layer, hook.point.stage))
 
 
-def apply_point(hooks: Sequence[Hook], value: Tensor, ctx: RunContext) -> Tensor | None:
+def apply_point(
+    hooks: Sequence[Hook], value: Tensor, ctx: RunContext, weights: ModuleWeights | None = None
+) -> Tensor | None:
     """Apply the functions of one hook point in order; the new tensor, or None if none returned one.
 
     Skips `prefill_only` hooks while decoding, and refuses a tensor from a
     read-only hook or one whose shape differs from what the point holds.
+    `weights` are the (weight, bias) of the module the point feeds, which the
+    backend reads (`module_weights`) when a hook asks for them.
     """
     changed = False
     for hook in hooks:
         if hook.prefill_only and not ctx.prefill:
             continue
-        result = hook.fn(value, ctx)
+        if hook.weights:
+            if weights is None:
+                raise HookContractError(
+                    f"{_describe(hook)} at {hook.name!r} asks for the weights of the module this point feeds "
+                    "(Hook(weights=True)), but the backend gave none: run it through NnsightRunner or "
+                    "TransformerLensRunner (transformer_lens_hooks needs bridge=)"
+                )
+            result = hook.fn(value, ctx, weight=weights[0], bias=weights[1])
+        else:
+            result = hook.fn(value, ctx)
         if result is None:
             continue
         if not hook.writes:
@@ -191,6 +212,28 @@ def apply_point(hooks: Sequence[Hook], value: Tensor, ctx: RunContext) -> Tensor
             )
         value, changed = result, True
     return value if changed else None
+
+
+def wants_weights(hooks: Sequence[Hook]) -> bool:
+    """Whether any hook of a point needs the weights of the module it feeds (the backend reads them only then)."""
+    return any(hook.weights for hook in hooks)
+
+
+def module_weights(module: Any, where: str) -> ModuleWeights:
+    """(weight, bias) of the module whose input a hook point is: an nnsight envoy or a bridge component.
+
+    Called next to the model (on the server in a remote run); `where` names
+    the point for the error.
+    """
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, Tensor):
+        raise HookContractError(
+            f"a hook at {where} asks for the weights of the module this point feeds (Hook(weights=True)), "
+            "but that is no module with a weight; ask for them at the input of one, such as "
+            "blocks.{layer}.attn.hook_z (the attention's output projection)"
+        )
+    bias = getattr(module, "bias", None)
+    return weight.detach(), bias.detach() if isinstance(bias, Tensor) else None
 
 
 def _describe(hook: Hook) -> str:

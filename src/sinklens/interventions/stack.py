@@ -64,12 +64,13 @@ class Stack:
         return ordered_hooks(self.members, ctx)
 
     def plan(self, ctx: RunContext) -> list[PlanEntry]:
-        """What runs where, in run order: one entry per hook, naming its member and whether it writes."""
+        """What runs where, in run order: one entry per hook, naming its member, whether it writes and reads weights."""
         labelled = [(hook, _label(member)) for member in self.members for hook in hooks_of(member, ctx)]
         ordered = ordered_hooks([hook for hook, _ in labelled], ctx)
         by_identity = {id(hook): label for hook, label in labelled}
         return [
-            PlanEntry(name=hook.name, member=by_identity[id(hook)], writes=hook.writes, prefill_only=hook.prefill_only)
+            PlanEntry(name=hook.name, member=by_identity[id(hook)], writes=hook.writes, prefill_only=hook.prefill_only,
+                      weights=hook.weights)
             for hook in ordered
         ]
 
@@ -77,9 +78,9 @@ class Stack:
         """The plan as a table, one line per hook."""
         lines = []
         for entry in self.plan(ctx):
-            access = "reads, writes" if entry.writes else "reads"
+            access = ("reads, writes" if entry.writes else "reads") + (" + weights" if entry.weights else "")
             when = "  (prefill only)" if entry.prefill_only else ""
-            lines.append(f"{entry.name:<32} {access:<13} {entry.member}{when}")
+            lines.append(f"{entry.name:<32} {access:<15} {entry.member}{when}")
         return "\n".join(lines)
 
     def expand_inputs(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -93,6 +94,7 @@ class PlanEntry:
     member: str
     writes: bool
     prefill_only: bool
+    weights: bool = False  # the weight and bias of the module the point feeds (Hook(weights=True))
 
 
 @dataclass(frozen=True)
