@@ -36,6 +36,7 @@ def run_study(name: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("name", list(STUDIES))
 def test_study_smoke(name, tmp_path):
+    """A study runs in --smoke mode, and again as a remote request (nnsight's local simulation) with equal numbers."""
     started = time.time()
     done = run_study(name, tmp_path, "--smoke")
     seconds = time.time() - started
@@ -54,6 +55,14 @@ def test_study_smoke(name, tmp_path):
             assert {"accuracy", "f1", "yes_ratio", "n"} <= set(row)
     if name == "fig3b_sink_ablation":
         assert {"baseline", "visual_sinks", "random"} <= set(data["summary"])
+
+    # the same study as a remote request, under nnsight's local simulation, writes the same numbers
+    done = run_study(name, tmp_path / "remote", "--smoke", "--remote", "local")
+    assert done.returncode == 0, done.stderr[-3000:]
+    remote = json.loads((tmp_path / "remote" / f"{name}.json").read_text())
+    assert (data.pop("remote"), remote.pop("remote")) == ("off", "local")
+    data.pop("seconds"), remote.pop("seconds")
+    assert remote == data
 
 
 def test_study_refuses_a_bad_n(tmp_path):

@@ -1,6 +1,6 @@
 """What the study scripts in `studies/` share: arguments, the model, prompts, POPE runs, figures, JSON.
 
-Each study is `python studies/NAME.py --model MODEL --out DIR [--n N] [--smoke]`
+Each study is `python studies/NAME.py --model MODEL --out DIR [--n N] [--smoke] [--remote local|ndif]`
 and writes `DIR/NAME.png` and `DIR/NAME.json` (the numbers the figure draws,
 with the model, the layers and n). `--smoke` runs a tiny version for CI.
 
@@ -29,13 +29,14 @@ from sinklens.data.scenes import scene
 from sinklens.errors import ParameterError
 
 DEFAULT_MODEL = "toy-llava"
+REMOTE_MODES = ("off", "local", "ndif")
 # the paper's map layers (10-12 of LLaVA-1.5-7B's 32), at the same depth of other models
 PAPER_MAP_LAYERS = (10, 12)
 PAPER_LAYERS = 32
 
 
 def parse_args(name: str, description: str, *, n: int, smoke_n: int, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """`--model`, `--out`, `--n` (default `n`; `smoke_n` under `--smoke`), `--smoke`, `--seed`."""
+    """`--model`, `--out`, `--n` (default `n`; `smoke_n` under `--smoke`), `--smoke`, `--seed`, `--tau`, `--remote`."""
     parser = argparse.ArgumentParser(prog=f"studies/{name}.py", description=description)
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"a built-in or a checkpoint (default {DEFAULT_MODEL})")
     parser.add_argument("--out", type=Path, required=True, help=f"folder for {name}.png and {name}.json")
@@ -44,6 +45,9 @@ def parse_args(name: str, description: str, *, n: int, smoke_n: int, argv: Seque
     parser.add_argument("--seed", type=int, default=0, help="seed of random draws (random ablation, random tokens)")
     parser.add_argument("--tau", type=float, default=None,
                         help="sink threshold on phi (default: the model's registered one, else the paper's 20)")
+    parser.add_argument("--remote", choices=REMOTE_MODES, default="off",
+                        help="off: run here; local: nnsight's local simulation of a remote request; "
+                             "ndif: run on NDIF's deployment of --model (a hub id; needs an API key)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.n is None:
         args.n = smoke_n if args.smoke else n
@@ -82,8 +86,14 @@ class Study:
         import sinklens
 
         args.out.mkdir(parents=True, exist_ok=True)
+        remote = getattr(args, "remote", "off")
+        if remote == "ndif":
+            from sinklens.backends.remote import connect
+
+            runner = connect(args.model)  # fails fast, naming what is missing: the API key, or the hosted models
+            return cls(args=args, loaded=runner.loaded, runner=runner)
         loaded = sinklens.load(args.model)
-        return cls(args=args, loaded=loaded, runner=sinklens.NnsightRunner(loaded))
+        return cls(args=args, loaded=loaded, runner=sinklens.NnsightRunner(loaded, remote="local" if remote == "local" else False))
 
     def find_sinks(self, **kwargs: Any) -> Any:
         """FindSinks with the run's `--tau` (the model's default when not given)."""
@@ -138,6 +148,7 @@ class Study:
             "n_layers": self.loaded.n_layers,
             "sink_dims": list(self.loaded.sink_dims or ()),
             "tau": self.tau,
+            "remote": getattr(self.args, "remote", "off"),
             **data,
             "seconds": round(time.time() - self.started, 1),
         }
