@@ -164,3 +164,19 @@ def test_cli_eval_pope_with_vcd(tmp_path):
                  "--out", str(tmp_path)]) == 0  # fmt: skip
     result = json.loads((tmp_path / "pope.json").read_text())
     assert result["n"] == 2 and result["stack"][2].startswith("VCD(alpha=1.0, beta=0.5")
+
+
+def test_cli_eval_captions_writes_every_caption_and_the_means(tmp_path, capsys):
+    assert main(["eval", "captions", "--model", "tiny-llava", "--n", "2", "--max-new-tokens", "4",
+                 "--out", str(tmp_path)]) == 0  # fmt: skip
+    result = json.loads((tmp_path / "captions.json").read_text())
+    assert result["n"] == 2 and len(result["rows"]) == 2 and result["params"]["tau"] > 0
+    row = result["rows"][0]
+    from sinklens.data.questions import score_caption
+    from sinklens.data.scenes import scene
+
+    assert row["score"] == score_caption(scene("heldout", 0), row["caption"])  # the scores are the scorer's
+    assert result["accuracy"]["background"] == sum(r["score"]["background"] for r in result["rows"]) / 2
+    assert "captions.json" in capsys.readouterr().out
+    assert main(["eval", "captions", "--model", "tiny-llava", "--n", "0", "--out", str(tmp_path)]) == 2
+    assert "--n must be >= 1, got 0" in capsys.readouterr().err

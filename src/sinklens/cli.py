@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sinklens.errors import SinklensError
+from sinklens.errors import ParameterError, SinklensError
 
 
 def _dims(text: str) -> tuple[int, ...]:
@@ -84,6 +84,13 @@ def _parser() -> argparse.ArgumentParser:
     pope.add_argument("--max-new-tokens", type=int, default=3)
     pope.add_argument("--restart", action="store_true", help="discard a previous run in --out instead of resuming it")
     pope.add_argument("--out", required=True, type=Path, help="folder for pope.jsonl (one line per example) and pope.json")
+
+    captions = benchmarks.add_parser("captions", help="caption accuracy per attribute on held-out synthetic scenes")
+    _add_model(captions)
+    captions.add_argument("--n", type=int, default=100, help="number of held-out scenes (default: 100)")
+    _add_stack(captions, var_default=False)
+    captions.add_argument("--max-new-tokens", type=int, default=48)
+    captions.add_argument("--out", required=True, type=Path, help="folder for captions.json")
 
     discover = commands.add_parser("discover-sink-dims", help="find the sink dimensions of a model from data")
     _add_model(discover)
@@ -216,6 +223,22 @@ def eval_pope(args: argparse.Namespace) -> dict[str, Any]:
     )  # fmt: skip
 
 
+def eval_captions(args: argparse.Namespace) -> dict[str, Any]:
+    from sinklens.backends.nnsight_backend import NnsightRunner
+    from sinklens.eval.captions import evaluate_captions
+    from sinklens.models import load
+
+    stack = _stack(args, with_var=args.var)
+    if args.n < 1:
+        raise ParameterError(f"--n must be >= 1, got {args.n}")
+    lm = load(args.model)
+    result = evaluate_captions(lm, NnsightRunner(lm), n=args.n, interventions=stack, max_new_tokens=args.max_new_tokens)
+    result["params"] = _params(args, lm, stack[0])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "captions.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
 def discover_sink_dims(args: argparse.Namespace) -> dict[str, Any]:
     from sinklens.backends.nnsight_backend import NnsightRunner
     from sinklens.eval.discovery import discover, plot_discovery
@@ -242,6 +265,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if result["answer_var"] is not None:
                 print(f"answer with VAR:    {result['answer_var']!r}")
             print(f"result written to {path}")
+        elif args.command == "eval" and args.benchmark == "captions":
+            result = eval_captions(args)
+            print(json.dumps({k: round(v, 3) for k, v in result["accuracy"].items()}))
+            print(f"captions and scores written to {args.out / 'captions.json'}")
         elif args.command == "eval":
             result = eval_pope(args)
             print(json.dumps({k: result[k] for k in ("accuracy", "precision", "recall", "f1", "yes_ratio", "n")}))
