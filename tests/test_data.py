@@ -65,6 +65,25 @@ def test_training_turns_are_balanced_presence_and_mixed():
     assert {qa.kind for qa in turns} >= {"caption", "colour", "size", "position", "count", "background"}
 
 
+def test_training_negatives_are_drawn_the_three_pope_ways():
+    """A presence-heavy mix: every "No" is about an absent shape, and partners of present shapes come up often."""
+    rng = random.Random(1)
+    scenes = [scene("train", i) for i in range(600)]
+    asked = [(s, qa) for s in scenes for qa in training_turns(s, rng, 5, presence_share=0.8)]
+    presence = [(s, qa) for s, qa in asked if qa.kind == "presence"]
+    assert 0.75 < len(presence) / len(asked) < 0.85
+    for s, qa in presence:
+        shape = qa.question.split("Is there a ")[1].split(" in the image")[0]
+        assert (shape in s.shapes) == (qa.answer == "Yes")
+    negatives = [(s, qa.question.split("Is there a ")[1].split(" ")[0]) for s, qa in presence if qa.answer == "No"]
+    partner_share = sum(any(PARTNERS[p] == shape for p in s.shapes) for s, shape in negatives) / len(negatives)
+    uniform_share = sum(any(PARTNERS[p] == shape for p in s.shapes) / (len(SHAPES) - len(s.shapes))
+                        for s, _ in negatives) / len(negatives)  # fmt: skip
+    assert partner_share > uniform_share + 0.2  # what uniform sampling alone would give
+    with pytest.raises(ValueError, match="presence_share must be in"):
+        training_turns(scenes[0], rng, 3, presence_share=1.5)
+
+
 def _naive_statistics():
     frequency = {s: 0 for s in SHAPES}
     together = {(a, b): 0 for a in SHAPES for b in SHAPES}

@@ -84,8 +84,21 @@ def test_training_format_is_the_inference_format(toy):
     assert toy.tokenizer.decode([t for t, l in zip(ids, labels) if l != -100]) == "No<|im_end|>\n"
 
 
-def test_the_language_model_is_the_pretrained_one(toy):
-    """SmolLM2 from the GGUF answers as the instruct model does, and toy-llava's text path is that model."""
+def test_training_validation_asks_what_inference_asks(toy):
+    """The validation prompts stop right before the answer, token for token the processor's prompt."""
+    spec = importlib.util.spec_from_file_location("train_toy_llava", ROOT / "studies" / "train_toy_llava.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    validation = train.PresenceValidation(toy.processor, 100)
+    assert validation.labels[:2] == [True, False] and len(validation.labels) == 2 * len(train.VALIDATION_SCENES)
+    first = scene("heldout", train.VALIDATION_SCENES[0])
+    shape = sorted(first.shapes)[train.VALIDATION_SCENES[0] % len(first.shapes)]
+    prompt = toy.prepare(first.image(), presence(shape, True).question)["input_ids"][0].tolist()
+    assert validation.input_ids[0, : validation.last[0] + 1].tolist() == prompt
+
+
+def test_the_language_model_is_the_pretrained_one():
+    """SmolLM2 from the GGUF answers as the instruct model does, and toy-llava without its adapter is that model."""
     from transformers import LlamaForCausalLM
 
     state, config, tokenizer = parts.smollm2()
@@ -99,8 +112,36 @@ def test_the_language_model_is_the_pretrained_one(toy):
         out = smollm2.generate(**inputs, max_new_tokens=8, do_sample=False)
         assert "Paris" in tokenizer.decode(out[0, inputs["input_ids"].shape[1]:])
         reference = smollm2(**inputs).logits
-        ours = toy.model(**inputs).logits[..., : reference.shape[-1]]  # toy-llava adds one row: <image>
+        unadapted, _ = toy_llava.build_toy_llava(adapter=None, progress=False)
+        ours = unadapted(**inputs).logits[..., : reference.shape[-1]]  # toy-llava adds one row: <image>
     assert (ours - reference).abs().max().item() <= 1e-5
+
+
+def test_the_shipped_adapter_is_merged_into_the_attention_weights(toy):
+    """Every q/k/v/o projection of the loaded model is SmolLM2's plus scale * B @ A from the shipped file."""
+    from sinklens.models.lora import load_adapter
+
+    adapter, scale = load_adapter(toy_llava.adapter_path())
+    smollm2, _, _ = parts.smollm2()
+    n_layers = toy.text_config.num_hidden_layers
+    assert len(adapter) == 2 * len(toy_llava.LORA_TARGETS) * n_layers
+    for layer in (0, n_layers // 2, n_layers - 1):
+        for target in toy_llava.LORA_TARGETS:
+            module = f"model.language_model.layers.{layer}.{target}"
+            a, b = adapter[f"{module}.lora_A"].double(), adapter[f"{module}.lora_B"].double()
+            base = smollm2[f"model.layers.{layer}.{target}.weight"].double()
+            merged = toy.model.get_submodule(module).weight.double()
+            assert (merged - (base + scale * b @ a)).abs().max() <= 1e-6
+            assert (merged - base).abs().max() > 1e-4  # trained, not a zero adapter
+
+
+def test_the_adapted_model_still_knows_its_facts(toy):
+    """The adapter was trained on scenes only; SmolLM2's text knowledge survives it."""
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    inputs = toy.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = toy.model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert "Paris" in toy.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:])
 
 
 def test_shipped_weights_are_small():

@@ -6,7 +6,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from sinklens.data.scenes import BACKGROUNDS, CELLS, COLOURS, SHAPES, SIZES, Scene
+from sinklens.data.scenes import BACKGROUNDS, CELLS, COLOURS, PARTNERS, SHAPE_WEIGHTS, SHAPES, SIZES, Scene
 
 YES_NO = " Answer yes or no."
 CAPTION_PROMPT = "Describe the image."
@@ -44,16 +44,31 @@ def questions(scene: Scene) -> list[QA]:
     return qas
 
 
-def training_turns(scene: Scene, rng: random.Random, n_turns: int = 3) -> list[QA]:
-    """`n_turns` questions for one training conversation: half presence (balanced), the rest mixed."""
+def training_turns(scene: Scene, rng: random.Random, n_turns: int = 3, presence_share: float = 0.5) -> list[QA]:
+    """`n_turns` questions for one training conversation: a `presence_share` of them presence (balanced), the rest mixed.
+
+    An absent shape is drawn the three ways POPE draws negatives, in equal shares:
+    uniformly, by frequency, or as the partner of a shape that is there (when absent).
+    """
+    if not 0.0 <= presence_share <= 1.0:
+        raise ValueError(f"presence_share must be in [0, 1], got {presence_share}")
     pool = questions(scene)
     absent = [s for s in SHAPES if s not in scene.shapes]
+    partners = [PARTNERS[s] for s in sorted(scene.shapes) if PARTNERS[s] in absent]
     turns = []
     for _ in range(n_turns):
-        if rng.random() < 0.5:
-            present = rng.random() < 0.5
-            shape = rng.choice(sorted(scene.shapes)) if present else rng.choice(absent)
-            turns.append(presence(shape, present))
+        if rng.random() < presence_share:
+            if rng.random() < 0.5:
+                turns.append(presence(rng.choice(sorted(scene.shapes)), True))
+                continue
+            how = rng.randrange(3)
+            if how == 2 and partners:
+                shape = rng.choice(partners)
+            elif how == 1:
+                shape = rng.choices(absent, weights=[SHAPE_WEIGHTS[SHAPES.index(s)] for s in absent])[0]
+            else:
+                shape = rng.choice(absent)
+            turns.append(presence(shape, False))
         else:
             turns.append(rng.choice(pool))
     return turns

@@ -3,7 +3,10 @@
 - language model: SmolLM2-135M-Instruct (30 layers, width 576, 9 heads, 3 KV heads);
 - vision tower: DINOv2-S/14 (12 layers, width 384), its penultimate layer's patch tokens;
 - projector: LLaVA-1.5's two-layer MLP (384 -> 576 -> 576, GELU), trained on synthetic
-  scenes by `studies/train_toy_llava.py`; the weights ship in `sinklens/weights/`.
+  scenes by `studies/train_toy_llava.py`, with a LoRA adapter on the language model's
+  attention projections trained beside it; both ship in `sinklens/weights/`, and the
+  adapter is merged into the weights on load (see `lora.py`), so the model is a plain
+  `LlavaForConditionalGeneration`.
 
 The prompt follows SmolLM2's chat format with a system turn first, so the image
 sits after a system prompt (as in LLaVA-1.5) and not right after the first token::
@@ -41,12 +44,19 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 PROJECTOR_FILE = "toy_llava_projector.safetensors"
-ASSEMBLY_FORMAT = 2  # bump when the assembled model changes, so cached assemblies are rebuilt
+ADAPTER_FILE = "toy_llava_adapter.safetensors"
+LORA_TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+ASSEMBLY_FORMAT = 3  # bump when the assembled model changes, so cached assemblies are rebuilt
 
 
 def projector_path() -> Path:
     """The trained projector shipped with sinklens."""
     return Path(str(resources.files("sinklens") / "weights" / PROJECTOR_FILE))
+
+
+def adapter_path() -> Path:
+    """The trained LoRA adapter of the language model shipped with sinklens."""
+    return Path(str(resources.files("sinklens") / "weights" / ADAPTER_FILE))
 
 
 def toy_llava_processor(tokenizer: Any) -> Any:
@@ -108,25 +118,27 @@ def toy_llava_config(text_config: Any, vision_config: Any, image_token_id: int) 
 
 
 def load_toy_llava(*, progress: bool = True) -> tuple[Any, Any]:
-    """The built-in toy-llava (shipped projector, eager attention), assembled once and cached.
+    """The built-in toy-llava (shipped projector and adapter, eager attention), assembled once and cached.
 
     The first call converts the parts (see `parts.py`) and saves the assembled model
-    under the cache, keyed by the projector's hash; later calls read that folder.
+    under the cache, keyed by the hash of the trained weights; later calls read that folder.
     """
     import hashlib
 
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    weights = projector_path()
-    if not weights.is_file():
-        raise parts.MissingPartError(
-            f"the trained projector {weights} is missing; reinstall sinklens, or train one with "
-            "`python studies/train_toy_llava.py --out DIR`"
-        )
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256()
+    for weights in (projector_path(), adapter_path()):
+        if not weights.is_file():
+            raise parts.MissingPartError(
+                f"the trained weights {weights} are missing; reinstall sinklens, or train them with "
+                "`python studies/train_toy_llava.py --out DIR`"
+            )
+        digest.update(weights.read_bytes())
+    digest = digest.hexdigest()[:16]
     directory = parts.cache_root() / f"toy-llava-{digest}-v{parts.FORMAT}.{ASSEMBLY_FORMAT}"
     if not (directory / "config.json").is_file():
-        model, processor = build_toy_llava(projector=weights, progress=progress)
+        model, processor = build_toy_llava(progress=progress)
         tmp = directory.with_name(directory.name + ".tmp")
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
@@ -136,7 +148,7 @@ def load_toy_llava(*, progress: bool = True) -> tuple[Any, Any]:
             shutil.rmtree(tmp)
         else:
             tmp.replace(directory)
-        for stale in parts.cache_root().glob("toy-llava-*"):  # assemblies of other projectors
+        for stale in parts.cache_root().glob("toy-llava-*"):  # assemblies of other trained weights
             if stale != directory and not stale.name.endswith(".tmp"):
                 shutil.rmtree(stale, ignore_errors=True)
         return model, processor
@@ -146,12 +158,17 @@ def load_toy_llava(*, progress: bool = True) -> tuple[Any, Any]:
 
 
 def build_toy_llava(
-    *, projector: Path | None | bool = True, attn_implementation: str = "eager", progress: bool = True
+    *,
+    projector: Path | None | bool = True,
+    adapter: Path | None | bool = True,
+    attn_implementation: str = "eager",
+    progress: bool = True,
 ) -> tuple[Any, Any]:
     """(model, processor) in fp32 on the CPU.
 
     `projector=True` loads the shipped trained projector, a path loads another one,
-    and `None`/`False` keeps a freshly initialised one (for training).
+    and `None`/`False` keeps a freshly initialised one (for training). `adapter`
+    likewise merges the shipped LoRA adapter, another one, or none (SmolLM2 as it is).
     """
     from transformers import LlavaForConditionalGeneration
 
@@ -182,6 +199,12 @@ def build_toy_llava(
         from safetensors.torch import load_file
 
         state |= {f"model.multi_modal_projector.{k}": v for k, v in load_file(projector).items()}
+    if adapter is True:
+        adapter = adapter_path()
+    if adapter:
+        from sinklens.models.lora import load_adapter, merge_adapter
+
+        state = merge_adapter(state, *load_adapter(adapter))
     missing, unexpected = model.load_state_dict(state, strict=False)
     expected_missing = {"lm_head.weight"} | (
         set() if projector else {k for k in model.state_dict() if k.startswith("model.multi_modal_projector.")}
