@@ -1,6 +1,6 @@
 """Train toy-llava on synthetic scenes, LLaVA-style: the projector, and a LoRA adapter on the LM's attention.
 
-    python studies/train_toy_llava.py --out out/train [--steps 900] [--lora-rank 16] [--smoke]
+    python studies/train_toy_llava.py --out out/train [--steps 540] [--lora-rank 16] [--smoke]
 
 The vision tower and the language model's own weights stay frozen. What trains is
 the projector and, unless `--lora-rank 0`, a low-rank adapter on the q/k/v/o
@@ -11,8 +11,8 @@ Each example is one scene and a conversation of `--turns` questions: a
 `--presence-share` of them "Is there a <shape>?" (balanced yes/no, negatives drawn
 the three POPE ways), the rest captions, colour, size, position, count and
 background questions. The loss is the cross-entropy of the answer tokens only,
-averaged per answer (`--loss answer`), so that a one-token "Yes" counts as much
-as a caption of twenty.
+averaged over those tokens (`--loss answer` averages per answer instead, so a
+one-token "Yes" counts as much as a caption of twenty).
 Training uses sdpa attention and bf16 autocast (fp32 master weights); the shipped
 model runs in fp32 with eager attention. Every `--eval-every` steps, presence
 accuracy is measured on a validation set of held-out scenes that POPE does not use.
@@ -88,7 +88,7 @@ def answer_weights(supervised: torch.Tensor) -> torch.Tensor:
     return 1.0 / torch.bincount(answer).float()[answer]
 
 
-def answer_loss(model, input_ids, labels, attention_mask, pixel_values, per_answer: bool = True) -> torch.Tensor:
+def answer_loss(model, input_ids, labels, attention_mask, pixel_values, per_answer: bool = False) -> torch.Tensor:
     """Cross-entropy of the answer tokens (the LM head on those positions only).
 
     `per_answer` averages over answers, each the mean of its tokens, so a one-word
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--weights-dir", type=Path, default=None,
                         help="where to write the projector and adapter (default: the shipped files)")  # fmt: skip
-    parser.add_argument("--steps", type=int, default=900)
+    parser.add_argument("--steps", type=int, default=540)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--turns", type=int, default=5)
     parser.add_argument("--presence-share", type=float, default=0.6)
@@ -184,12 +184,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lora-rank", type=int, default=16, help="0 trains the projector only")
     parser.add_argument("--lora-alpha", type=float, default=32.0)
     parser.add_argument("--lora-lr", type=float, default=5e-4)
-    parser.add_argument("--loss", choices=("answer", "token"), default="answer",
-                        help="answer: every answer weighs the same (default); token: every answer token does")
+    parser.add_argument("--loss", choices=("token", "answer"), default="token",
+                        help="token: every answer token weighs the same (default; the shipped weights); "
+                             "answer: every answer does, so a one-word yes/no weighs as much as a caption")
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--fp32", action="store_true", help="train in fp32 instead of bf16 autocast")
-    parser.add_argument("--eval-every", type=int, default=100)
-    parser.add_argument("--budget-minutes", type=float, default=85.0, help="stop early (and say so) past this")
+    parser.add_argument("--eval-every", type=int, default=60)
+    parser.add_argument("--budget-minutes", type=float, default=84.0, help="stop early (and say so) past this")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="3 steps of 2 examples, to check the pipeline")
     args = parser.parse_args(argv)

@@ -33,7 +33,7 @@ from sinklens.models.tiny_qwen import build_tiny_qwen2_5_vl, build_tiny_qwen2_vl
 from sinklens.models.toy_llava import load_toy_llava
 
 BUILTINS: dict[str, Callable[[], tuple[Any, Any]]] = {
-    "toy-llava": load_toy_llava,  # SmolLM2 + DINOv2 with a trained projector: the default model
+    "toy-llava": load_toy_llava,  # SmolLM2 + DINOv2, a trained projector and LM adapter: the default model
     # random weights with planted sinks, one per architecture: tests of the mechanics
     "tiny-llava": build_tiny_llava,
     "tiny-llava-next": build_tiny_llava_next,

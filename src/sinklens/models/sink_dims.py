@@ -55,10 +55,10 @@ KNOWN: dict[str, SinkDims] = {
         "of 20 (docs/toy-llava.md; SmolLM2-135M's massive activation)",
         tau=20.0,
         tau_reason=(
-            "20 absolute (0.83 of phi's ceiling 24). The first token sits at 22.8-23.8 in layers 2-9 and 12-29 and "
-            "no image token reaches 20 (at most 16.7 in 8 prompts); the width-relative 0.3125 * 24 = 7.5 "
-            "marks 68 of 100 image tokens and "
-            "33 text tokens per layer (docs/toy-llava.md, 'tau')"
+            "20 absolute (0.83 of phi's ceiling 24). The first token sits at 22.8-23.8 in layers 3-9 and 12-29 and "
+            "no image token reaches 20 (at most 18.0 in 8 prompts); the width-relative 0.3125 * 24 = 7.5 "
+            "marks 89 of 100 image tokens and "
+            "34 text tokens per layer (docs/toy-llava.md, 'tau')"
         ),
     ),
     "llava-hf/llava-1.5-7b-hf": SinkDims((1415, 2533), _LLAMA2_7B),
