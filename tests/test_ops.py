@@ -180,16 +180,10 @@ def test_mean_head_ratio_averages_over_the_chosen_queries_only():
 def var_edit(
     rows: Tensor, image: Tensor, sink: Tensor, queries: Tensor, *, p: float, rho: float, summ: float, convention: str
 ) -> tuple[Tensor, Tensor]:
-    """(edited rows, selection): the ops composed as interventions/var.py composes them."""
-    released = convention == "released"
-    eps = oracles.RELEASED_EPS_PER_IMAGE_TOKEN if released else 0.0
-    ratio, image_attention = ops.visual_nonsink_ratio(rows, image, sink, eps_per_image_token=eps)
-    selected = ops.image_centric(ratio, image_attention, rho=rho, summ=summ, inverted_rho=released)
-    selected &= queries[:, None, :]
-    if released:
-        selected &= (image & sink).any(-1)[:, None, None]
-    keep = p if released else 1.0 - p
-    return ops.redistribute(rows, sink, image & ~sink, selected, keep=keep), selected
+    """(edited rows, selection): VAR's own row edit, the function its hook calls (interventions/var.py)."""
+    from sinklens.interventions.var import edit_rows
+
+    return edit_rows(rows, image, sink, queries, p=p, rho=rho, summ=summ, released=convention == "released")
 
 
 @PROPERTY
@@ -282,8 +276,9 @@ def test_released_selects_nothing_without_a_visual_sink():
 @pytest.mark.parametrize("convention", CONVENTIONS)
 def test_var_hook_matches_oracle(convention):
     """The real hook in interventions/var.py against the oracle, on one prefill pattern."""
-    from sinklens.interventions import VAR, RunContext
+    from sinklens.interventions import VAR
     from sinklens.models.spans import ImageSpans
+    from sinklens.run import Findings, RunContext, RunSpec
 
     n_pos, layer = 8, 2
     image = torch.zeros(1, n_pos, dtype=torch.bool)
@@ -293,7 +288,7 @@ def test_var_hook_matches_oracle(convention):
     causal_hidden = torch.ones(n_pos, n_pos, dtype=torch.bool).triu(1).expand(1, 4, n_pos, n_pos)
     pattern = softmax_rows((1, 4, n_pos, n_pos), seed=3, sharpness=1.0, hidden=causal_hidden)
     everywhere = torch.ones(1, n_pos, dtype=torch.bool)
-    ctx = RunContext(image=ImageSpans(mask=image), attention_mask=everywhere, n_layers=4, sinks={layer: sink})
+    ctx = RunContext(RunSpec.of(ImageSpans(mask=image), everywhere, n_layers=4), found=Findings(sinks={layer: sink}))
     var = VAR(p=0.6, rho=0.5, summ=0.2, convention=convention)
     (hook,) = [hook for hook in var.hooks(ctx) if hook.name == f"blocks.{layer}.attn.hook_pattern"]
     out = hook.fn(pattern.clone(), ctx)
