@@ -33,10 +33,13 @@ class RequestBackend(Protocol):
     def backend(self, model: Any) -> Any: ...
 
 
-Remote = bool | Literal["local"] | RequestBackend
+RemoteValue = bool | Literal["local"] | RequestBackend
+# what runners annotate: checked by `check_remote_argument`, whose message lists the values (a run-time
+# type checker would otherwise refuse a wrong one first, with its own message)
+Remote = Any
 
 
-def check_remote_argument(remote: Any) -> Remote:
+def check_remote_argument(remote: Any) -> RemoteValue:
     """`remote` as a runner takes it: False, True, "local", or a request backend (a `Simulation`)."""
     if remote is False or remote is True or remote == "local" or isinstance(remote, RequestBackend):
         return remote
@@ -47,7 +50,7 @@ def check_remote_argument(remote: Any) -> Remote:
 
 
 @contextmanager
-def shipping(loaded: Any, remote: Remote) -> Iterator[None]:
+def shipping(loaded: Any, remote: RemoteValue) -> Iterator[None]:
     """For a remote or simulated run: check NDIF (remote=True), and ship sinklens by value meanwhile."""
     if remote is False:
         yield
@@ -118,7 +121,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def trace_options(model: Any, remote: Remote) -> dict[str, Any]:
+def trace_options(model: Any, remote: RemoteValue) -> dict[str, Any]:
     """Keyword arguments of `model.trace` / `model.generate` for a `remote` value."""
     if remote is False:
         return {}
