@@ -165,6 +165,7 @@ def _largest_binary(blob: bytes) -> int:
     return max((len(arg) for op, arg, _ in pickletools.genops(blob) if isinstance(arg, bytes)), default=0)
 
 
+@pytest.mark.slow  # a subprocess that builds the model, then runs the requests with sinklens unimportable
 @pytest.mark.parametrize("name", REMOTE_MODELS)
 def test_a_server_without_sinklens_or_jaxtyping_runs_the_request(name):
     """tests/ndif_emulation.py: every intervention in one stack, forward and generate, sinklens unimportable."""
