@@ -212,3 +212,33 @@ def test_var_rows_while_decoding_are_the_new_token(runner, inputs):
     ctx.step = 1
     rows = ctx.query_rows(torch.zeros(1, 2, 1, inputs["input_ids"].shape[1] + 1))
     assert rows.start == 0 and rows.queries.tolist() == [[True]]
+
+
+# ---- one generate call, module by module (docs/architecture.md) ----------------------------------
+
+GENERATE_PATH = {
+    "sinklens.backends.nnsight_backend", "sinklens.run.core", "sinklens.models.loading", "sinklens.models.spans",
+    "sinklens.hook_points", "sinklens.models.catalogue", "sinklens.interventions.sinks", "sinklens.interventions.var",
+}
+
+
+def test_one_generate_with_findsinks_and_var_runs_code_in_eight_modules_besides_the_ops(runner, inputs):
+    import sys
+    import threading
+
+    stack = [sl.FindSinks(), sl.VAR()]
+    seen = set()
+
+    def profile(frame, event, arg):
+        name = frame.f_globals.get("__name__", "")
+        if event == "call" and name.startswith("sinklens.") and not name.startswith("sinklens.ops"):
+            seen.add(name)
+
+    threading.setprofile(profile)  # nnsight may run the trace's body in another thread
+    sys.setprofile(profile)
+    try:
+        runner.generate(inputs, stack, max_new_tokens=2)
+    finally:
+        sys.setprofile(None)
+        threading.setprofile(None)
+    assert seen == GENERATE_PATH

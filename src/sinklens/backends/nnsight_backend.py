@@ -35,6 +35,7 @@ the runner's. The client resolves the plan to nnsight paths (`locate`);
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,9 +206,10 @@ class NnsightRunner:
         run = begin(self.loaded, inputs, interventions)
         ctx = run.ctx
         model = self.model  # the block names only small objects: they are what a remote request ships
-        with shipping(self.loaded, remote):
+        with self._shipping(remote):
             located = locate(self.loaded.catalogue, plan(interventions, ctx))
-            with torch.no_grad(), model.trace(**run.inputs, **trace_options(model, remote)):
+            options = self._trace_options(remote)
+            with torch.no_grad(), model.trace(**run.inputs, **options):
                 state = nnsight.save(run_located(model, located, ctx))
                 logits = model.output.logits.save()
         ctx.update(state)
@@ -231,13 +233,21 @@ class NnsightRunner:
         ctx = run.ctx
         recorder = Recorder()
         model, steps = self.model, max_new_tokens
-        with shipping(self.loaded, remote):
+        with self._shipping(remote):
             located = locate(self.loaded.catalogue, plan([interventions, recorder], ctx))
+            options = self._trace_options(remote)
             with torch.no_grad(), model.generate(
                 **run.inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
-                pad_token_id=self.loaded.tokenizer.pad_token_id, **trace_options(model, remote),
+                pad_token_id=self.loaded.tokenizer.pad_token_id, **options,
             ) as tracer:
                 state = nnsight.save(run_located(model, located, ctx, tracer=tracer, steps=steps))
                 store = nnsight.save(recorder.store)
         ctx.update(state)
         return finish_generation(self.loaded, run, store)
+
+    # a local run (remote=False) does not enter the shipping layer at all
+    def _shipping(self, remote: Remote) -> AbstractContextManager[None]:
+        return nullcontext() if remote is False else shipping(self.loaded, remote)
+
+    def _trace_options(self, remote: Remote) -> dict[str, Any]:
+        return {} if remote is False else trace_options(self.model, remote)
