@@ -140,3 +140,12 @@ def toy_runner(toy):
     from sinklens.backends.nnsight_backend import NnsightRunner
 
     return NnsightRunner(toy)
+
+
+def pytest_collection_modifyitems(items):
+    """Mark `slow` every test that runs toy-llava (its fixtures, or a "toy-llava" parameter): make test-fast skips them."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        parameters = [str(value) for value in callspec.params.values()] if callspec else []
+        if {"toy", "toy_runner"} & set(item.fixturenames) or "toy-llava" in parameters:
+            item.add_marker(pytest.mark.slow)

@@ -56,13 +56,13 @@ class HookCatalogue:
 
     def nnsight_path(self, hook: HookPoint) -> str:
         """The nnsight path of a hook point, with its layer filled in."""
-        template = self.nnsight[hook.point]
-        return template.format(layer=hook.layer) if hook.point in LAYER_POINTS else template
+        template = self.nnsight[hook.kind]
+        return template.format(layer=hook.layer) if hook.kind in LAYER_POINTS else template
 
     def transformer_lens_name(self, hook: HookPoint) -> str:
         """The TransformerBridge hook name of a hook point, with its layer filled in."""
-        template = self._transformer_lens_table()[hook.point]
-        return template.format(layer=hook.layer) if hook.point in LAYER_POINTS else template
+        template = self._transformer_lens_table()[hook.kind]
+        return template.format(layer=hook.layer) if hook.kind in LAYER_POINTS else template
 
     @property
     def transformer_lens_entry(self) -> str:
