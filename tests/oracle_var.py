@@ -42,8 +42,8 @@ class OracleVAR:
     first_query: list[int] = field(default_factory=list)
     sinks: dict[int, list[list[int]]] = field(default_factory=dict)
     n_selected: int = 0
-    # (layer, share) of every row whose selection rho decides: r (paper) or q (released)
-    shares: list[tuple[int, float]] = field(default_factory=list)
+    # (layer, share, s) of every row whose selection rho decides: share is r (paper) or q (released)
+    shares: list[tuple[int, float, float]] = field(default_factory=list)
 
     @classmethod
     def for_prompt(cls, inputs, image_token_id: int, **params) -> OracleVAR:
@@ -112,7 +112,7 @@ class OracleVAR:
             share = sum(row[j] for j in image - sink) / s if s > 0 else 0.0
             centric = share >= self.rho
         if s >= self.summ and (sink & image or not released):  # rows that rho decides
-            self.shares.append((layer, share))
+            self.shares.append((layer, share, s))
         if self.heads == "image_centric":
             if not (s >= self.summ and centric):
                 return None
