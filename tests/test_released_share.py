@@ -156,10 +156,12 @@ def rows_near_rho(draw, convention: str):
 def check_near_rho(case, convention: str) -> None:
     rows, image, sink, rho, summ = case
     queries = torch.ones(1, rows.shape[2], dtype=torch.bool)
-    shares, _ = oracles.selection_share(rows, image, sink, convention=convention)
-    assert (shares - rho).abs().max().item() <= NEAR + 1e-6  # the rows really are near rho
-    expected, closest = oracles.var_selection(rows, image, sink, queries, rho=rho, summ=summ, convention=convention)
-    assume(closest > SLACK)
+    shares, image_attention = oracles.selection_share(rows, image, sink, convention=convention)
+    distance = (shares - rho).abs()
+    assert distance.max().item() <= NEAR + 1e-6  # the rows really are near rho
+    # an exact tie in float64 (rho = 1/3, r = x / 3x) is none in fp32: no row within SLACK, ties included
+    assume(distance.min().item() > SLACK and (image_attention - summ).abs().min().item() > SLACK)
+    expected, _ = oracles.var_selection(rows, image, sink, queries, rho=rho, summ=summ, convention=convention)
     assert torch.equal(selection(rows, image, sink, rho=rho, summ=summ, convention=convention), expected)
     params = dict(p=0.6, rho=rho, summ=summ, convention=convention)
     out, _ = var_hook_on_rows(rows, image, sink, **params)
