@@ -2,7 +2,7 @@
 
 Every setting runs in this process on the same examples as the baseline:
 - VAR over a grid of rho and p in both conventions (`paper`: r >= rho, p moves;
-  `released`: the authors' code, 1 - r <= rho, p stays; SPEC section 5), so the
+  `released`: the authors' code, sink share q <= rho, p stays; SPEC section 5), so the
   same nominal (rho, p) means different edits in the two conventions;
 - head selection: VAR on every (head, text query) versus image-centric ones
   (paper convention, rho 0.8, p 0.6);

@@ -42,6 +42,8 @@ class OracleVAR:
     first_query: list[int] = field(default_factory=list)
     sinks: dict[int, list[list[int]]] = field(default_factory=dict)
     n_selected: int = 0
+    # (layer, share, s) of every row whose selection rho decides: share is r (paper) or q (released)
+    shares: list[tuple[int, float, float]] = field(default_factory=list)
 
     @classmethod
     def for_prompt(cls, inputs, image_token_id: int, **params) -> OracleVAR:
@@ -103,10 +105,14 @@ class OracleVAR:
         sink = set(self.sinks[layer][b])
         image = set(self.image_positions[b])
         s = sum(row[j] for j in image)
-        nonsink = sum(row[j] for j in image - sink)
-        denominator = s + 1e-6 * len(image) if released else s
-        r = nonsink / denominator if denominator > 0 else 0.0
-        centric = (1 - r) <= self.rho if released else r >= self.rho
+        if released:  # HeadFork: visual-sink mass / sum(image attention + 1e-6), kept when <= rho (SPEC 5.1)
+            share = sum(row[j] for j in image & sink) / sum(row[j] + 1e-6 for j in image)
+            centric = share <= self.rho
+        else:  # SPEC 2: non-sink image mass / image mass, kept when >= rho
+            share = sum(row[j] for j in image - sink) / s if s > 0 else 0.0
+            centric = share >= self.rho
+        if s >= self.summ and (sink & image or not released):  # rows that rho decides
+            self.shares.append((layer, share, s))
         if self.heads == "image_centric":
             if not (s >= self.summ and centric):
                 return None

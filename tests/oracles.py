@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 RMS_EPS = 1e-6  # SPEC 1: RMS(x) = sqrt(mean(x^2) + eps)
-RELEASED_EPS_PER_IMAGE_TOKEN = 1e-6  # SPEC 5.4
+RELEASED_EPS_PER_IMAGE_TOKEN = 1e-6  # SPEC 5.1 and 5.4
 
 
 def _f64(values: list) -> Tensor:
@@ -39,26 +39,22 @@ def sink_dimension_value(resid: Tensor, dims: Sequence[int]) -> Tensor:
     return _f64([[max(abs(x[d]) for d in dims) / rms(x) for x in positions] for positions in resid.tolist()])
 
 
-# --- SPEC 2 and 5: image attention, visual non-sink ratio, image-centric heads -------------
+# --- SPEC 2 and 5: image attention, visual non-sink ratio, visual-sink share, image-centric heads
 
 
-def image_attention_and_ratio(
-    rows: Tensor, image: Tensor, sink: Tensor, *, eps_per_image_token: float = 0.0
-) -> tuple[Tensor, Tensor]:
-    """(s, r) per (batch, head, query): s = sum over I_vis, r = sum over I_vis minus S / denominator."""
+def image_attention_and_ratio(rows: Tensor, image: Tensor, sink: Tensor) -> tuple[Tensor, Tensor]:
+    """(r, s) per (batch, head, query), the paper's: s = sum over I_vis, r = sum over I_vis minus S / s (0 if s = 0)."""
     rows_l, image_l, sink_l = rows.tolist(), image.tolist(), sink.tolist()
     s_out, r_out = [], []
     for b, heads in enumerate(rows_l):
-        n_image = sum(image_l[b])
         s_heads, r_heads = [], []
         for queries in heads:
             s_queries, r_queries = [], []
             for row in queries:
                 s = sum(a for j, a in enumerate(row) if image_l[b][j])
                 nonsink = sum(a for j, a in enumerate(row) if image_l[b][j] and not sink_l[b][j])
-                denominator = s + eps_per_image_token * n_image
                 s_queries.append(s)
-                r_queries.append(nonsink / denominator if denominator > 0 else 0.0)
+                r_queries.append(nonsink / s if s > 0 else 0.0)
             s_heads.append(s_queries)
             r_heads.append(r_queries)
         s_out.append(s_heads)
@@ -66,29 +62,58 @@ def image_attention_and_ratio(
     return _f64(r_out), _f64(s_out)
 
 
-def is_image_centric(r: float, s: float, *, rho: float, summ: float, convention: str) -> bool:
+def released_sink_share(row: list[float], image: list[bool], sink: list[bool]) -> float:
+    """The authors' `HeadFork` share of one row: visual-sink mass over the image attention, 1e-6 added per image key.
+
+    Written as their code writes it, `sum(attn[vis_sinks]) / sum(attn[image] + 1e-6)`
+    (SPEC 5.1): the numerator is the mass on the visual sinks themselves, never
+    1 minus the non-sink ratio.
+    """
+    visual_sinks = sum(a for a, i, k in zip(row, image, sink, strict=True) if i and k)
+    denominator = sum(a + RELEASED_EPS_PER_IMAGE_TOKEN for a, i in zip(row, image, strict=True) if i)
+    return visual_sinks / denominator if denominator > 0 else 0.0
+
+
+def image_attention_and_sink_share(rows: Tensor, image: Tensor, sink: Tensor) -> tuple[Tensor, Tensor]:
+    """(q, s) per (batch, head, query), the released code's: q = `released_sink_share`, s = sum over I_vis."""
+    image_l, sink_l = image.tolist(), sink.tolist()
+    q_out = [[[released_sink_share(row, image_l[b], sink_l[b]) for row in queries] for queries in heads]
+             for b, heads in enumerate(rows.tolist())]  # fmt: skip
+    s_out = [[[sum(a for a, i in zip(row, image_l[b], strict=True) if i) for row in queries] for queries in heads]
+             for b, heads in enumerate(rows.tolist())]  # fmt: skip
+    return _f64(q_out), _f64(s_out)
+
+
+def selection_share(rows: Tensor, image: Tensor, sink: Tensor, *, convention: str) -> tuple[Tensor, Tensor]:
+    """(the share rho is compared with, s): r for the paper, q for the released code."""
+    if convention == "released":
+        return image_attention_and_sink_share(rows, image, sink)
+    return image_attention_and_ratio(rows, image, sink)
+
+
+def is_image_centric(share: float, s: float, *, rho: float, summ: float, convention: str) -> bool:
+    """Paper (SPEC 2): s >= summ and r >= rho. Released (SPEC 5.1, `HeadFork`): s >= summ and q <= rho."""
     if s < summ:  # the head is skipped for this query
         return False
-    return (1.0 - r) <= rho if convention == "released" else r >= rho
+    return share <= rho if convention == "released" else share >= rho
 
 
-def threshold_distance(r: float, s: float, *, rho: float, summ: float, convention: str) -> float:
-    """How close s and r (or 1 - r) come to summ and rho; fp32 may decide otherwise below ~1e-6.
+def threshold_distance(share: float, s: float, *, rho: float, summ: float) -> float:
+    """How close s and the share (r or q) come to summ and rho; fp32 may decide otherwise below ~1e-6.
 
     A distance of exactly 0 does not count: it only happens where both the oracle
-    and the library compute the quantity exactly (s = 0, r = 0 or 1).
+    and the library compute the quantity exactly (s = 0, a share of 0 or 1).
     """
-    share = 1.0 - r if convention == "released" else r
     distances = [d for d in (abs(s - summ), abs(share - rho)) if d > 0.0]
     return min(distances, default=math.inf)
 
 
-def image_centric(ratio: Tensor, image_attention: Tensor, *, rho: float, summ: float, convention: str) -> Tensor:
+def image_centric(share: Tensor, image_attention: Tensor, *, rho: float, summ: float, convention: str) -> Tensor:
     flat = [
-        is_image_centric(r, s, rho=rho, summ=summ, convention=convention)
-        for r, s in zip(ratio.flatten().tolist(), image_attention.flatten().tolist(), strict=True)
+        is_image_centric(q, s, rho=rho, summ=summ, convention=convention)
+        for q, s in zip(share.flatten().tolist(), image_attention.flatten().tolist(), strict=True)
     ]
-    return torch.tensor(flat, dtype=torch.bool).reshape(ratio.shape)
+    return torch.tensor(flat, dtype=torch.bool).reshape(share.shape)
 
 
 # --- SPEC 3: redistribution ---------------------------------------------------------------
@@ -135,9 +160,8 @@ def _var_decisions(
 ) -> tuple[list, float]:
     """Per (batch, head, query): is the row edited; and the closest approach to a threshold."""
     released = convention == "released"
-    eps = RELEASED_EPS_PER_IMAGE_TOKEN if released else 0.0
-    ratio, image_attention = image_attention_and_ratio(rows, image, sink, eps_per_image_token=eps)
-    ratio_l, s_l = ratio.tolist(), image_attention.tolist()
+    share, image_attention = selection_share(rows, image, sink, convention=convention)
+    share_l, s_l = share.tolist(), image_attention.tolist()
     image_l, sink_l, queries_l = image.tolist(), sink.tolist(), queries.tolist()
     closest = math.inf
     decisions = []
@@ -150,9 +174,9 @@ def _var_decisions(
                 edited = False
                 # SPEC 5.3: the released code selects nothing in a row without a visual sink
                 if queries_l[b][i] and (has_visual_sink or not released):
-                    r, s = ratio_l[b][h][i], s_l[b][h][i]
-                    closest = min(closest, threshold_distance(r, s, rho=rho, summ=summ, convention=convention))
-                    edited = is_image_centric(r, s, rho=rho, summ=summ, convention=convention)
+                    q, s = share_l[b][h][i], s_l[b][h][i]
+                    closest = min(closest, threshold_distance(q, s, rho=rho, summ=summ))
+                    edited = is_image_centric(q, s, rho=rho, summ=summ, convention=convention)
                 per_query.append(edited)
             per_head.append(per_query)
         decisions.append(per_head)

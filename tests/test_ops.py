@@ -113,30 +113,35 @@ def test_sink_mask_ties_paper_includes_released_excludes():
 
 
 @PROPERTY
-@given(attention_rows(), st.sampled_from([0.0, oracles.RELEASED_EPS_PER_IMAGE_TOKEN]))
-def test_visual_nonsink_ratio_matches_oracle(case, eps):
+@given(attention_rows())
+def test_visual_nonsink_ratio_matches_oracle(case):
     rows, image, sink, _ = case
-    ratio, image_attention = ops.visual_nonsink_ratio(rows, image, sink, eps_per_image_token=eps)
-    expected_ratio, expected_attention = oracles.image_attention_and_ratio(rows, image, sink, eps_per_image_token=eps)
+    ratio, image_attention = ops.visual_nonsink_ratio(rows, image, sink)
+    expected_ratio, expected_attention = oracles.image_attention_and_ratio(rows, image, sink)
     assert_matches_oracle(ratio, expected_ratio)
     assert_matches_oracle(image_attention, expected_attention)
+
+
+def selection_share(rows: Tensor, image: Tensor, sink: Tensor, convention: str) -> tuple[Tensor, Tensor]:
+    """(share, s) as interventions/var.py computes them: r (paper) or the released code's q."""
+    if convention == "released":
+        return ops.visual_sink_share(rows, image, sink, eps_per_image_token=oracles.RELEASED_EPS_PER_IMAGE_TOKEN)
+    return ops.visual_nonsink_ratio(rows, image, sink)
 
 
 @VAR_PROPERTY
 @given(attention_rows(), UNIT, SUMM, st.sampled_from(CONVENTIONS))
 def test_image_centric_matches_oracle(case, rho, summ, convention):
     rows, image, sink, _ = case
-    released = convention == "released"
-    eps = oracles.RELEASED_EPS_PER_IMAGE_TOKEN if released else 0.0
-    ratio, image_attention = ops.visual_nonsink_ratio(rows, image, sink, eps_per_image_token=eps)
-    expected_ratio, expected_attention = oracles.image_attention_and_ratio(rows, image, sink, eps_per_image_token=eps)
+    share, image_attention = selection_share(rows, image, sink, convention)
+    expected_share, expected_attention = oracles.selection_share(rows, image, sink, convention=convention)
     closest = min(
-        oracles.threshold_distance(r, s, rho=rho, summ=summ, convention=convention)
-        for r, s in zip(expected_ratio.flatten().tolist(), expected_attention.flatten().tolist(), strict=True)
+        oracles.threshold_distance(q, s, rho=rho, summ=summ)
+        for q, s in zip(expected_share.flatten().tolist(), expected_attention.flatten().tolist(), strict=True)
     )
     assume(closest > THRESHOLD_SLACK)
-    selected = ops.image_centric(ratio, image_attention, rho=rho, summ=summ, inverted_rho=released)
-    expected = oracles.image_centric(expected_ratio, expected_attention, rho=rho, summ=summ, convention=convention)
+    selected = ops.image_centric(share, image_attention, rho=rho, summ=summ, sink_share=convention == "released")
+    expected = oracles.image_centric(expected_share, expected_attention, rho=rho, summ=summ, convention=convention)
     assert torch.equal(selected, expected)
 
 
@@ -145,8 +150,8 @@ def test_image_centric_ties_are_selected_in_both_conventions():
     image_attention = torch.tensor([[[0.5, 0.4999, 0.5]]])
     # paper: r >= rho and s >= summ (0.75 and 0.5 are exact in fp32, so these are true ties)
     assert ops.image_centric(ratio, image_attention, rho=0.75, summ=0.5).tolist() == [[[False, False, True]]]
-    # released: sink share 1 - r <= rho
-    released = ops.image_centric(ratio, image_attention, rho=0.75, summ=0.5, inverted_rho=True)
+    # released: the visual-sink share q <= rho (here the shares are q = 0.25, 0.25, 0.75)
+    released = ops.image_centric(ratio, image_attention, rho=0.75, summ=0.5, sink_share=True)
     assert released.tolist() == [[[True, False, True]]]
 
 
@@ -154,17 +159,19 @@ def test_ratio_of_a_row_without_image_attention_is_zero():
     rows = torch.tensor([[[[1.0, 0.0, 0.0]]]])
     image = torch.tensor([[False, True, True]])
     sink = torch.tensor([[False, True, False]])
+    ratio, image_attention = ops.visual_nonsink_ratio(rows, image, sink)
+    assert ratio.item() == 0.0 and image_attention.item() == 0.0
     for eps in (0.0, 1e-6):
-        ratio, image_attention = ops.visual_nonsink_ratio(rows, image, sink, eps_per_image_token=eps)
-        assert ratio.item() == 0.0 and image_attention.item() == 0.0
+        share, image_attention = ops.visual_sink_share(rows, image, sink, eps_per_image_token=eps)
+        assert share.item() == 0.0 and image_attention.item() == 0.0
 
 
-def test_released_ratio_denominator_adds_eps_per_image_token():
+def test_released_share_denominator_adds_eps_per_image_token():
     rows = torch.tensor([[[[0.2, 0.3, 0.5]]]])
     image = torch.tensor([[False, True, True]])
     sink = torch.tensor([[False, True, False]])
-    ratio, _ = ops.visual_nonsink_ratio(rows, image, sink, eps_per_image_token=1e-3)
-    assert_close(ratio, torch.tensor([[[0.5 / (0.8 + 2e-3)]]]), atol=1e-7, rtol=0)
+    share, _ = ops.visual_sink_share(rows, image, sink, eps_per_image_token=1e-3)
+    assert_close(share, torch.tensor([[[0.3 / (0.8 + 2e-3)]]]), atol=1e-7, rtol=0)
 
 
 def test_mean_head_ratio_averages_over_the_chosen_queries_only():

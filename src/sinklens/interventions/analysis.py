@@ -108,7 +108,8 @@ class RandomAblation:
 
     At each layer, every prompt loses as many image keys as it has keys in the
     sink set `keys` there (or `count`, if given), drawn uniformly from its image
-    tokens that are not visual sinks (so the two ablations never overlap).
+    tokens that are not visual sinks (so the two ablations never overlap; with
+    `count` and no FindSinks in the stack, from all of its image tokens).
     The draw at layer l uses a generator seeded with (seed, l): the same seed
     gives the same keys; layers get different ones. Drawn once on the prompt and
     reused while decoding. Records `ctx.records["random_ablation"]` (layer ->
@@ -139,10 +140,12 @@ def _random_keys_at(ctx: RunContext, layer: int, *, seed: int, keys: KeySet, cou
     if ctx.prefill or layer not in drawn:
         image = ctx.image.mask
         if count is None:
-            sinks = _sink_keys(ctx, layer, keys, "RandomAblation").to(image.device)
-            counts, pool = sinks.sum(-1), image & ~(sinks & image)
+            counts = _sink_keys(ctx, layer, keys, "RandomAblation").to(image.device).sum(-1)
         else:
-            counts, pool = torch.full((image.shape[0],), count, device=image.device), image
+            counts = torch.full((image.shape[0],), count, device=image.device)
+        # never a visual sink, whatever `keys` counts (text sinks too), wherever FindSinks found them
+        sinks = ctx.sinks.get(layer)
+        pool = image if sinks is None else image & ~sinks.to(image.device)
         generator = torch.Generator().manual_seed(seed * 100_003 + layer)
         drawn[layer] = random_keys(pool.cpu(), counts.cpu(), generator).to(image.device)
     return drawn[layer]

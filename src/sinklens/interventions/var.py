@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 # ops by name, not the package: a hook function shipped to NDIF carries only what it calls
-from sinklens.ops import image_centric, redistribute, visual_nonsink_ratio
+from sinklens.ops import image_centric, redistribute, visual_nonsink_ratio, visual_sink_share
 from sinklens.hook_points import block
 from sinklens.interventions import params
 from sinklens.run import Hook, RunContext, resolve_layers, write_rows
@@ -34,9 +34,10 @@ class VAR:
     (released code, whose last-layer exclusion is shadowed).
 
     convention="released" reproduces the authors' code (SPEC section 5): rho
-    bounds the sink share (1 - r <= rho), sinks keep p and 1 - p moves, no head
-    is selected in a layer without a visual sink, the ratio's denominator adds
-    1e-6 per image token, and the edit runs in the model dtype.
+    bounds the visual-sink share (q = vs / (s + N * 1e-6) <= rho, with vs the
+    attention on visual sinks and N the image tokens), sinks keep p and 1 - p
+    moves, no head is selected in a layer without a visual sink, and the edit
+    runs in the model dtype.
 
     Two options for the paper's ablations (defaults are the method):
     - `heads="all"` moves the budget in every (head, text query) pair, skipping
@@ -104,13 +105,13 @@ def edit_rows(
     """
     if not released:
         rows = rows.float()
-    ratio, image_attention = visual_nonsink_ratio(
-        rows, image, sink, eps_per_image_token=RELEASED_EPS_PER_IMAGE_TOKEN if released else 0.0
-    )
+    # paper: r = non-sink image mass / s >= rho; released (SPEC 5.1): q = visual-sink mass / (s + N eps) <= rho
+    share, image_attention = (visual_sink_share(rows, image, sink, eps_per_image_token=RELEASED_EPS_PER_IMAGE_TOKEN)
+                              if released else visual_nonsink_ratio(rows, image, sink))  # fmt: skip
     if heads == "all":
-        selected = queries[:, None, :].expand(ratio.shape)
+        selected = queries[:, None, :].expand(share.shape)
     else:
-        selected = image_centric(ratio, image_attention, rho=rho, summ=summ, inverted_rho=released)
+        selected = image_centric(share, image_attention, rho=rho, summ=summ, sink_share=released)
         selected &= queries[:, None, :]
         if released:  # the released code selects nothing in a layer without a visual sink
             selected &= (image & sink).any(-1)[:, None, None]

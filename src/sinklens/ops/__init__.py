@@ -9,7 +9,7 @@ from sinklens.ops.boost import boost_image_scores
 from sinklens.ops.contribution import attention_contribution, head_value_outputs
 from sinklens.ops.contrastive import contrastive_logits, diffusion_noise, diffusion_schedule
 from sinklens.ops.discovery import discover_sink_dims, massive_layers
-from sinklens.ops.heads import image_centric, key_mass, mean_head_ratio, visual_nonsink_ratio
+from sinklens.ops.heads import image_centric, key_mass, mean_head_ratio, visual_nonsink_ratio, visual_sink_share
 from sinklens.ops.masking import mask_keys, visible_keys
 from sinklens.ops.redistribute import redistribute
 from sinklens.ops.sinks import dimension_magnitudes, sink_dimension_value, sink_mask
@@ -36,4 +36,5 @@ __all__ = [
     "sink_mask",
     "visible_keys",
     "visual_nonsink_ratio",
+    "visual_sink_share",
 ]
