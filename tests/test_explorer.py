@@ -147,3 +147,33 @@ def test_bad_arguments_fail_before_loading(kwargs, message):
 def test_missing_image_names_the_fix():
     with pytest.raises(FileNotFoundError, match="draw-scene"):
         sl.explore("no-such-model", "no/such.png", QUESTION)
+
+
+def test_cli_writes_the_page_and_prints_its_sizes(tmp_path, capsys):
+    from sinklens.cli import main
+
+    scene = tmp_path / "scene.png"
+    assert main(["draw-scene", "--model", "tiny-internvl", "--out", str(scene)]) == 0
+    out = tmp_path / "explore"
+    assert main(["explore", "--model", "tiny-internvl", "--image", str(scene), "--prompt", QUESTION, "--tau", "15",
+                 "--max-new-tokens", "2", "--heads", "mean", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"explorer written to {out / 'index.html'}" in printed and "MB" in printed
+    data = read_data((out / "index.html").read_text())
+    assert data["params"]["tau"] == 15 and data["heads_stored"] == "mean" and set(data["views"]) == {"base", "var"}
+    assert [t["name"] for t in data["images"][0]["tiles"]] == ["tile 0", "tile 1", "thumbnail"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--image", "no/such.png"], "draw-scene"), (["--max-mb", "0"], "--max-mb must be > 0"),
+     (["--p", "2"], "p must be in [0, 1]"), (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1")],
+)
+def test_cli_bad_arguments_exit_2(tmp_path, capsys, extra, message):
+    from sinklens.cli import main
+
+    scene = tmp_path / "scene.png"
+    assert main(["draw-scene", "--model", "tiny-llava", "--out", str(scene)]) == 0
+    args = ["explore", "--model", "no-such-model", "--image", str(scene), "--prompt", "what ?", "--out", str(tmp_path)]
+    assert main(args + extra) == 2  # before loading: the model name would fail otherwise
+    assert message in capsys.readouterr().err
