@@ -177,3 +177,20 @@ def test_cli_bad_arguments_exit_2(tmp_path, capsys, extra, message):
     args = ["explore", "--model", "no-such-model", "--image", str(scene), "--prompt", "what ?", "--out", str(tmp_path)]
     assert main(args + extra) == 2  # before loading: the model name would fail otherwise
     assert message in capsys.readouterr().err
+
+
+def test_two_images_in_one_prompt_are_laid_out_in_order():
+    lm = loaded("tiny-qwen2-vl")
+    images = [demo_scene("tiny-qwen2-vl"), demo_scene("tiny-llava").resize((56, 112))]
+    page = sl.explore(lm, images, QUESTION, max_new_tokens=STEPS)
+    data = read_data(page.html)
+    inputs = lm.prepare(images, QUESTION)
+    check_view(lm, inputs, data, "base", oracle_run(lm, inputs, max_new_tokens=STEPS))
+    grids = lm.check_inputs(inputs).images_of(0)
+    assert [im["index"] for im in data["images"]] == [0, 1]
+    for image, grid in zip(data["images"], grids, strict=True):
+        (tile,) = image["tiles"]
+        assert [data["visual_keys"][k] for k in tile["cells"]] == grid.tiles[0].positions.flatten().tolist()
+        assert (tile["rows"], tile["cols"]) == tuple(grid.tiles[0].positions.shape)
+    shapes = [(im["tiles"][0]["rows"], im["tiles"][0]["cols"]) for im in data["images"]]
+    assert shapes[0] != shapes[1]  # each image keeps its own grid (Qwen2-VL's follows the image's size)

@@ -235,7 +235,6 @@
     const vis = [], text = [];
     for (let p = 0; p < T; p++) if (isSink(v, l, p)) (isVisual[p] ? vis : text).push(p);
     vis.sort((a, b) => phiOf(v, l, b) - phiOf(v, l, a));
-    const esc = (t) => t.replace(/[&<>]/g, (ch) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;" }[ch]));
     const visText = vis.length ? vis.slice(0, 12).map((p) => `pos ${p} phi ${fmt(phiOf(v, l, p), 1)}`).join(", ") + (vis.length > 12 ? ` … (${vis.length})` : "") : "none";
     const textText = text.length ? text.slice(0, 12).map((p) => `${esc(JSON.stringify(D.tokens[p]))} phi ${fmt(phiOf(v, l, p), 1)}`).join(", ") : "none";
     const layersWith = [];
@@ -246,6 +245,8 @@
       `<b>layers with any visual sink</b> (this run): ${layersWith.length ? layersWith.join(", ") : "none at this tau"}`;
   }
 
+  function esc(t) { return t.replace(/[&<>]/g, (ch) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;" }[ch])); }
+
   function legend() {
     const p = D.params, sz = D.sizes;
     const mb = (b) => (b / 1e6).toFixed(2) + " MB";
@@ -255,7 +256,7 @@
         `Outlined: sinks (phi &ge; tau = ${p.tau}; visual on the grid, text in the strip). Grey tokens cannot be queries (before the first image, or the last generated token, never fed back).`,
       `Image-centric: r &ge; rho = ${p.rho} and s &ge; summ = ${p.summ} (the paper's rule; convention ${p.convention}). ` +
         (D.views.var ? `VAR: p = ${p.p}, layers ${p.var_layers.length ? p.var_layers[0] + "-" + p.var_layers[p.var_layers.length - 1] : "none"}; "after VAR" is a separate run with VAR, read after VAR's edit at hook_pattern (the pattern the model used); each run generates its own tokens.` : "VAR: not run."),
-      `Answers: ${answers.replace(/[&<>]/g, " ")}`,
+      `Answers: ${esc(answers)}`,
       `Data: ${D.heads_stored === "all" ? "every head and the layer mean" : "the layer mean only (every head would take " + mb(sz.all_heads_bytes) + ")"}; ` +
         `${D.quantisation}. Attention ${mb(sz.attention_bytes)}, inlined JSON ${mb(sz.json_bytes)}.`,
     ];
