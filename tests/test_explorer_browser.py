@@ -96,7 +96,8 @@ def _check_map(page, data, oracles, view, q, layer, head):
     row = oracles[view].row(position, layer)  # and the run's numbers, within the stated quantisation bound
     run = (row[head] if head is not None else row.mean(0))[data["visual_keys"]].numpy()
     assert np.all(np.abs(values - run) <= run.max() / 510 * (1 + 1e-5) + 1e-8)
-    np.testing.assert_allclose(opacity, 0.85 * values / values.max(), atol=1e-4)
+    if not page.is_checked("#shared-scale"):
+        np.testing.assert_allclose(opacity, 0.85 * values / values.max(), atol=1e-4)
     np.testing.assert_array_equal(outlined, oracles[view].sinks[layer][data["visual_keys"]].numpy())
     return values
 
@@ -143,6 +144,10 @@ def test_var_toggle_changes_the_map_where_var_edited(browser, tiny_page):
     page.keyboard.press("v")
     assert _status(page)["view"] == "base"
     np.testing.assert_array_equal(_cells(page)[0], before)
+    page.check("#shared-scale")  # both views' maps on one scale: the larger maximum
+    shared = max(before.max(), after.max())
+    np.testing.assert_allclose(_cells(page)[1], 0.85 * before / shared, atol=1e-4)
+    assert float(_status(page)["max"]) == pytest.approx(shared, rel=1e-6)
     assert errors == []
     page.close()
 

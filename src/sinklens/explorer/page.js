@@ -131,6 +131,7 @@
     opt(H, "layer mean");
     if (D.heads_stored === "all") for (let h = 0; h < H; h++) opt(h, `head ${h}`);
     head.addEventListener("change", () => { state.head = +head.value; render(); });
+    $("shared-scale").addEventListener("change", render);
     $("view-base").addEventListener("click", () => setView("base"));
     $("view-var").addEventListener("click", () => setView("var"));
     if (!views.var) $("view-var").disabled = true;
@@ -169,6 +170,12 @@
     const img = imageRow(v, q, l, s);
     let max = 0;
     for (let k = 0; k < NV; k++) if (img[k] > max) max = img[k];
+    const other = views[state.view === "var" ? "base" : "var"];
+    const oq = other ? other.raw.queries.indexOf(v.raw.queries[q]) : -1;
+    if ($("shared-scale").checked && oq >= 0) {  // the same query position in the other run
+      const o = imageRow(other, oq, l, s);
+      for (let k = 0; k < NV; k++) if (o[k] > max) max = o[k];
+    }
     for (let k = 0; k < NV; k++) {
       const c = cellsByKey[k], p = D.visual_keys[k], sink = isSink(v, l, p);
       const alpha = max > 0 ? 0.85 * img[k] / max : 0;
@@ -252,7 +259,7 @@
     const mb = (b) => (b / 1e6).toFixed(2) + " MB";
     const answers = Object.entries(D.views).map(([k, v]) => `${k === "var" ? "with VAR" : "without VAR"}: ${JSON.stringify(v.answer)}`).join(" · ");
     const lines = [
-      `<span class="scale"></span> attention of the query on each key, red scaled to the map's maximum (stated at the right). ` +
+      `<span class="scale"></span> attention of the query on each key, red scaled to the map's maximum (stated at the right; with "same scale", the larger of both views' maxima). ` +
         `Outlined: sinks (phi &ge; tau = ${p.tau}; visual on the grid, text in the strip). Grey tokens cannot be queries (before the first image, or the last generated token, never fed back).`,
       `Image-centric: r &ge; rho = ${p.rho} and s &ge; summ = ${p.summ} (the paper's rule; convention ${p.convention}). ` +
         (D.views.var ? `VAR: p = ${p.p}, layers ${p.var_layers.length ? p.var_layers[0] + "-" + p.var_layers[p.var_layers.length - 1] : "none"}; "after VAR" is a separate run with VAR, read after VAR's edit at hook_pattern (the pattern the model used); each run generates its own tokens.` : "VAR: not run."),
