@@ -130,7 +130,7 @@ def test_mean_only_when_every_head_would_not_fit(tmp_path):
 
 
 def test_without_var_there_is_one_view():
-    _, page = _page("tiny-qwen2-vl", with_var=False)
+    _, page = _page("tiny-qwen2-vl", var=None)
     assert list(page.data["views"]) == ["base"]
 
 

@@ -286,7 +286,7 @@ def explore(args: argparse.Namespace) -> tuple[Path, dict[str, int]]:
         raise ParameterError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if not args.max_mb > 0:
         raise ParameterError(f"--max-mb must be > 0, got {args.max_mb}")
-    page = build(args.model, args.image, args.prompt, find=find, var=var, with_var=args.var,
+    page = build(args.model, args.image, args.prompt, find=find, var=var if args.var else None,
                  max_new_tokens=args.max_new_tokens, heads=args.heads, max_mb=args.max_mb)  # fmt: skip
     return page.save(args.out), page.sizes
 

@@ -82,18 +82,17 @@ def explore(
     image: Any,
     prompt: str,
     *,
-    find: Any = None,
-    var: Any = None,
-    with_var: bool = True,
+    find: sl.FindSinks = sl.FindSinks(),
+    var: sl.VAR | None = sl.VAR(),
     max_new_tokens: int = 16,
     heads: str = "auto",
     max_mb: float = 16.0,
 ) -> Explorer:
     """Run `model` on `image` (a PIL image, a path, or a list of them) and `prompt`; the explorer page.
 
-    `model` is a name for `sl.load` or a `LoadedModel`. `find` defaults to
-    `sl.FindSinks()` (the model's default tau), `var` to `sl.VAR()`;
-    `with_var=False` records the run without VAR only. `heads`: "all" keeps
+    `model` is a name for `sl.load` or a `LoadedModel`. `find` (default: the
+    model's default tau) marks the sinks in both runs; `var=None` records the
+    run without VAR only. `heads`: "all" keeps
     every head's attention, "mean" only the layer mean, "auto" every head
     when the quantised attention fits in `max_mb` megabytes, else the mean.
     """
@@ -104,8 +103,6 @@ def explore(
     if max_new_tokens < 1:
         raise ParameterError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     images = _images(image)
-    find = find if find is not None else sl.FindSinks()
-    var = (var if var is not None else sl.VAR()) if with_var else None
     loaded = sl.load(model) if isinstance(model, str) else model
     runner = sl.NnsightRunner(loaded)
     inputs = loaded.prepare(images, prompt)
