@@ -44,6 +44,7 @@
     return out;
   }
   function perHead(arr, q, l, h) { return arr[(q * L + l) * (H + 1) + h]; }
+  function label(p) { return D.kinds[p] === "newline" ? "↵" : D.tokens[p]; }  // an image-newline token
   function isSink(v, l, p) { return p < T && v.sinks[l * T + p] === 1; }
   function phiOf(v, l, p) { return p < T ? v.phi[l * T + p] : NaN; }
   function fmt(x, d) { return Number.isFinite(x) ? x.toFixed(d === undefined ? 3 : d) : "n/a"; }
@@ -117,7 +118,7 @@
         strip.appendChild(chip);
       }
       if (isVisual[p]) continue;
-      add(p, D.tokens[p], D.kinds[p] === "newline" ? "newline" : "prompt");
+      add(p, label(p), D.kinds[p] === "newline" ? "newline" : "prompt");
     }
     v.raw.generated.forEach((t, k) => add(T + k, t, "generated"));
   }
@@ -243,7 +244,7 @@
     for (let p = 0; p < T; p++) if (isSink(v, l, p)) (isVisual[p] ? vis : text).push(p);
     vis.sort((a, b) => phiOf(v, l, b) - phiOf(v, l, a));
     const visText = vis.length ? vis.slice(0, 12).map((p) => `pos ${p} phi ${fmt(phiOf(v, l, p), 1)}`).join(", ") + (vis.length > 12 ? ` … (${vis.length})` : "") : "none";
-    const textText = text.length ? text.slice(0, 12).map((p) => `${esc(JSON.stringify(D.tokens[p]))} phi ${fmt(phiOf(v, l, p), 1)}`).join(", ") : "none";
+    const textText = text.length ? text.slice(0, 12).map((p) => `${esc(JSON.stringify(label(p)))} phi ${fmt(phiOf(v, l, p), 1)}`).join(", ") : "none";
     const layersWith = [];
     for (let k = 0; k < L; k++) { for (const p of D.visual_keys) if (isSink(v, k, p)) { layersWith.push(k); break; } }
     $("sink-list").innerHTML =
