@@ -41,3 +41,5 @@ def test_wheel_ships_the_hook_catalogue(tmp_path):
     for family in ("llava", "llava_next", "qwen2_vl", "internvl"):
         assert f"sinklens/hooks/{family}.toml" in names
     assert "sinklens/ops/redistribute.py" in names
+    for asset in ("page.html", "page.css", "page.js"):  # the explorer inlines them into every page
+        assert f"sinklens/explorer/{asset}" in names

@@ -58,6 +58,7 @@ __all__ = [
     "Stack",
     "TransformerLensRunner",
     "expand_inputs",
+    "explore",
     "from_hf",
     "load",
 ]
@@ -65,6 +66,7 @@ __all__ = [
 _LAZY = {
     "NnsightRunner": "sinklens.backends.nnsight_backend",
     "TransformerLensRunner": "sinklens.backends.transformer_lens_backend",
+    "explore": "sinklens.explorer",  # above the run core: it imports sinklens itself
 }
 
 

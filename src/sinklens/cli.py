@@ -1,9 +1,10 @@
-"""Command line: `sinklens run`, `eval pope`, `discover-sink-dims` and `draw-scene`.
+"""Command line: `sinklens run`, `eval pope`, `discover-sink-dims`, `explore` and `draw-scene`.
 
     sinklens draw-scene --out scene.png
     sinklens run --image scene.png --prompt "What is in the image?" --var --out out/
     sinklens eval pope --split random --n 300 --var --out out/pope
     sinklens discover-sink-dims --out out/dims
+    sinklens explore --image scene.png --prompt "Describe the image." --out out/explore
 
 The model defaults to toy-llava; `--model` takes a built-in name, a hub id or a local path.
 """
@@ -102,6 +103,8 @@ def _parser() -> argparse.ArgumentParser:
                            help="threshold as a fraction of sqrt(d_model), e.g. 0.3125 = the paper's 20 at width 4096")  # fmt: skip
     discover.add_argument("--first-layer", type=int, default=2)
     discover.add_argument("--out", required=True, type=Path, help="folder for sink_dims.json and sink_dims.png")
+
+    _add_explore(commands)
 
     scene = commands.add_parser("draw-scene", help="draw a scene (a PNG): a synthetic one, or a tiny built-in's demo")
     scene.add_argument("--split", choices=("train", "heldout"), default="heldout")
@@ -255,6 +258,39 @@ def discover_sink_dims(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _add_explore(commands: Any) -> None:
+    explore = commands.add_parser(
+        "explore", help="write an interactive attention explorer (one self-contained HTML file) for an image and prompt"
+    )
+    _add_model(explore)
+    explore.add_argument("--image", required=True, type=Path, action="append",
+                         help="the image; repeat for several images in one prompt (shown in order)")  # fmt: skip
+    explore.add_argument("--prompt", required=True, help="the question about the image")
+    _add_stack(explore, var_default=True)
+    explore.add_argument("--max-new-tokens", type=int, default=16)
+    explore.add_argument("--heads", choices=("auto", "all", "mean"), default="auto",
+                         help="keep every head's attention, the layer mean only, or every head when it fits "
+                         "in --max-mb (default: auto)")  # fmt: skip
+    explore.add_argument("--max-mb", type=float, default=16.0, help="size budget of --heads auto (default: 16)")
+    explore.add_argument("--out", required=True, type=Path, help="folder for index.html")
+
+
+def explore(args: argparse.Namespace) -> tuple[Path, dict[str, int]]:
+    from sinklens.explorer import explore as build
+
+    find, var = _stack(args, with_var=True)  # check parameters before loading anything
+    for path in args.image:
+        if not path.is_file():
+            raise FileNotFoundError(f"--image {path} does not exist; draw one with `sinklens draw-scene --out PATH`")
+    if args.max_new_tokens < 1:
+        raise ParameterError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not args.max_mb > 0:
+        raise ParameterError(f"--max-mb must be > 0, got {args.max_mb}")
+    page = build(args.model, args.image, args.prompt, find=find, var=var if args.var else None,
+                 max_new_tokens=args.max_new_tokens, heads=args.heads, max_mb=args.max_mb)  # fmt: skip
+    return page.save(args.out), page.sizes
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -277,6 +313,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = discover_sink_dims(args)
             print(f"sink dimensions of {result['model']}: {result['sink_dims']} (threshold {result['threshold']})")
             print(f"evidence written to {args.out / 'sink_dims.json'}")
+        elif args.command == "explore":
+            path, sizes = explore(args)
+            print(f"explorer written to {path} ({sizes['html'] / 1e6:.2f} MB: attention data "
+                  f"{sizes['attention_bytes'] / 1e6:.2f} MB, inlined JSON {sizes['json_bytes'] / 1e6:.2f} MB)")  # fmt: skip
         elif args.command == "draw-scene":
             args.out.parent.mkdir(parents=True, exist_ok=True)
             if args.model is not None:
