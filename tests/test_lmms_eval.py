@@ -235,3 +235,6 @@ def test_the_entry_point_registers_the_model_and_model_args_are_checked():
     # --model_args wins over lmms-eval's --batch_size (whose default, 1, it always passes)
     lm = model_class.create_from_arg_string("pretrained=tiny-llava,batch_size=3", {"batch_size": 1, "device": None})
     assert (lm.batch_size, lm.world_size, str(lm.device)) == (3, 1, "cpu")
+    # a device map goes to sinklens.load, which dispatches the model with accelerate
+    mapped = model_class.create_from_arg_string('pretrained=tiny-llava,device_map={"": "cpu"}', {"batch_size": 1})
+    assert mapped.loaded.model.hf_device_map == {"": "cpu"}

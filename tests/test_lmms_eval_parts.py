@@ -161,3 +161,27 @@ def test_vcd_scores_differ_from_the_plain_model():
     plain = runs.loglikelihood(lm, runner, [], example, ["yes"])[0]
     vcd = runs.loglikelihood(lm, runner, [sl.VCD(beta=0.0)], example, ["yes"])[0]
     assert plain.logprob != pytest.approx(vcd.logprob, abs=1e-6)
+
+
+# -- packaging ---------------------------------------------------------------------------------------
+
+
+def test_lmms_eval_is_an_extra_and_the_entry_point_names_the_manifest():
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert not any(dep.lower().startswith("lmms") for dep in project["dependencies"])
+    assert not any(dep.lower().startswith("lmms") for dep in project["optional-dependencies"]["dev"])
+    assert project["optional-dependencies"]["lmms-eval"] == ["lmms-eval>=0.7,<0.8"]
+    target = project["entry-points"]["lmms_eval.models"]["sinklens"]
+    module, function = target.split(":")
+    assert module == "sinklens.integrations.lmms_eval" and function == "model_manifest"
+    # importing the package the entry point names pulls in neither lmms-eval nor a backend
+    import subprocess
+    import sys
+
+    probe = ("import sys, sinklens.integrations.lmms_eval as m, sinklens.integrations.lmms_eval.settings; "
+             "print(callable(m.model_manifest), sorted(k for k in ('lmms_eval', 'nnsight', 'transformer_lens') if k in sys.modules))")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["True", "[]"], done.stdout + done.stderr
