@@ -185,3 +185,17 @@ def test_lmms_eval_is_an_extra_and_the_entry_point_names_the_manifest():
              "print(callable(m.model_manifest), sorted(k for k in ('lmms_eval', 'nnsight', 'transformer_lens') if k in sys.modules))")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["True", "[]"], done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("name", ["tiny-llava-next", "tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-internvl"])
+def test_every_architecture_answers_and_scores_in_batches_as_alone(name):
+    lm, runner = loaded(name), runner_for(name)
+    stack = [sl.FindSinks(), sl.VAR()]
+    image = demo_scene(name)
+    examples = [(image, QUESTIONS[0]), (image, QUESTIONS[1])]
+    alone = [runner.generate(lm.prepare(*example), stack, max_new_tokens=4).texts[0] for example in examples]
+    assert runs.generate(lm, runner, stack, examples, max_new_tokens=4) == alone
+    scores = runs.loglikelihood(lm, runner, stack, examples, ["yes", " no it is not"])
+    for (images, question), cont, score in zip(examples, ["yes", " no it is not"], scores):
+        logprob, n = _oracle_logprob(lm, runner, stack, images, question, cont)
+        assert (score.tokens, score.logprob) == (n, pytest.approx(logprob, abs=1e-4))
