@@ -199,3 +199,11 @@ def test_every_architecture_answers_and_scores_in_batches_as_alone(name):
     for (images, question), cont, score in zip(examples, ["yes", " no it is not"], scores):
         logprob, n = _oracle_logprob(lm, runner, stack, images, question, cont)
         assert (score.tokens, score.logprob) == (n, pytest.approx(logprob, abs=1e-4))
+
+
+def test_the_settings_docstring_example_runs():
+    import doctest
+
+    import sinklens.integrations.lmms_eval.settings as module
+
+    assert doctest.testmod(module).failed == 0
