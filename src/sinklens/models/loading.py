@@ -263,7 +263,7 @@ def _offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or any(flag in ("1", "ON", "YES", "TRUE") for flag in flags)
 
 
-def _builtins_hint(name: str) -> str:
+def builtins_hint(name: str) -> str:
     close = difflib.get_close_matches(name, list(BUILTINS), n=1, cutoff=0.6)
     guess = f"Did you mean {close[0]!r}? " if close else ""
     return f"{guess}The built-ins are {', '.join(BUILTINS)}"
@@ -277,7 +277,7 @@ def check_model_name(name_or_path: str, *, cache_dir: str | None = None) -> str:
     local hub cache is refused when the hub is off (HF_HUB_OFFLINE=1).
     """
     if not isinstance(name_or_path, str) or not name_or_path:
-        raise UnknownModelError(f"the model name must be a non-empty string, got {name_or_path!r}. {_builtins_hint('')}")
+        raise UnknownModelError(f"the model name must be a non-empty string, got {name_or_path!r}. {builtins_hint('')}")
     if name_or_path in BUILTINS:
         return "builtin"
     path = Path(name_or_path).expanduser()
@@ -289,7 +289,7 @@ def check_model_name(name_or_path: str, *, cache_dir: str | None = None) -> str:
     if len(parts) != 2 or not all(parts) or name_or_path.startswith((".", "~")):
         raise UnknownModelError(
             f"unknown model {name_or_path!r}: not a built-in, an existing folder or a hub id (org/name). "
-            f"{_builtins_hint(name_or_path)}."
+            f"{builtins_hint(name_or_path)}."
         )
     from huggingface_hub import try_to_load_from_cache
 
@@ -298,7 +298,7 @@ def check_model_name(name_or_path: str, *, cache_dir: str | None = None) -> str:
         raise UnknownModelError(
             f"{name_or_path} is not in the local hub cache and the hub is off (HF_HUB_OFFLINE=1): download it "
             f"on a connected machine (`hf download {name_or_path}`), give a local folder, or use a built-in. "
-            f"{_builtins_hint(parts[1])}."
+            f"{builtins_hint(parts[1])}."
         )
     return "hub"
 
@@ -315,7 +315,7 @@ def _probe_hub(name: str, hf_kwargs: Mapping[str, Any]) -> None:
     except GatedRepoError as e:
         raise UnknownModelError(f"{name} is gated on the hub: accept its licence there and log in (`hf auth login`)") from e
     except RepositoryNotFoundError as e:
-        raise UnknownModelError(f"no model {name!r} on the hub (or it is private). {_builtins_hint(name.split('/')[1])}.") from e
+        raise UnknownModelError(f"no model {name!r} on the hub (or it is private). {builtins_hint(name.split('/')[1])}.") from e
     except Exception as e:  # connection errors come from the hub client's HTTP library
         raise UnknownModelError(
             f"{name} is not in the local hub cache and the hub cannot be reached ({type(e).__name__}: {e}). "
