@@ -279,10 +279,15 @@ def _sink_summary(counts: dict[str, dict[str, int]], tau: float) -> str:
     return f"sinks at tau {tau:g}: " + "; ".join(parts)
 
 
-def _sink_warnings(counts: dict[str, dict[str, int]], args: argparse.Namespace, tau: float) -> list[str]:
+def _sink_warnings(counts: dict[str, dict[str, int]], args: argparse.Namespace, tau: float, model: str) -> list[str]:
     """What a first run must not leave unsaid: VAR acting on a model where no image token is a sink."""
     if not args.var or any(found["visual"] for found in counts.values()):
         return []
+    if not any(found["text"] for found in counts.values()):
+        return [
+            f"no token is a sink at tau {tau:g} in any layer, so VAR had nothing to move and answer_var equals "
+            "answer_base. Check --sink-dims (`sinklens discover-sink-dims`) or lower --tau."
+        ]
     if args.convention == "released":
         return [
             f"no image token is a visual sink at tau {tau:g} in any layer; under the released convention VAR "
@@ -293,8 +298,8 @@ def _sink_warnings(counts: dict[str, dict[str, int]], args: argparse.Namespace, 
         f"no image token is a visual sink at tau {tau:g} in any layer, yet VAR acted: under the paper "
         "convention its budget is the attention on the text sinks (BOS and the like), which it moves onto "
         "the image tokens, so answer_var differs from answer_base for that reason. Lower --tau to study the "
-        "visual sinks this model has (toy-llava has a few at --tau 16, in layers 23-24), or pass "
-        "--convention released (no head is selected in a layer without a visual sink)."
+        f"visual sinks this model has{' (a few image tokens pass --tau 16, in layers 23-24)' if model == 'toy-llava' else ''}, "
+        "or pass --convention released (no head is selected in a layer without a visual sink)."
     ]
 
 
@@ -340,7 +345,7 @@ def run(args: argparse.Namespace) -> Path:
         "sinks": sinks,
         "sink_counts": counts,
         "sink_summary": _sink_summary(counts, params["tau"]),
-        "warnings": _sink_warnings(counts, args, params["tau"]),
+        "warnings": _sink_warnings(counts, args, params["tau"], lm.name),
         "n_image_centric": _image_centric_counts(edited.ctx) if edited else None,
         "answer_base": base.texts[0],
         "answer_var": edited.texts[0] if edited else None,
