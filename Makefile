@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(PY) -m sinklens draw-scene --split heldout --index 0 --out $(OUT)/scene.png
 	$(PY) -m sinklens run --model toy-llava --image $(OUT)/scene.png \
-		--prompt "Describe the image." --var --out $(OUT)
+		--prompt "Describe the image." --var --max-new-tokens 64 --out $(OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest
