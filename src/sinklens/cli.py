@@ -255,6 +255,9 @@ def _image_centric_counts(ctx: Any) -> dict[str, Any]:
     return {"total": sum(per_layer.values()), "per_layer": per_layer}
 
 
+LONG_GENERATION = 256  # tokens; above this `run` says the wait will be long
+
+
 def _sink_counts(table: dict[str, dict[str, list[int]]]) -> dict[str, dict[str, int]]:
     return {layer: {kind: len(found[kind]) for kind in ("visual", "text")} for layer, found in table.items()}
 
@@ -326,6 +329,9 @@ def run(args: argparse.Namespace) -> Path:
     _check_dims_width(args, lm)
     inputs = lm.prepare([image.image for image in converted], args.prompt)
     _check_context(lm, int(inputs["input_ids"].shape[1]), args.max_new_tokens)
+    if args.max_new_tokens > LONG_GENERATION:  # every step runs (EOS is suppressed): say so before a long wait
+        print(f"sinklens: note: generating {args.max_new_tokens} tokens {'twice ' if args.var else ''}(every step "
+              "runs; answers are cut at the end-of-sequence token afterwards): this takes a while", file=sys.stderr)
     base = runner.generate(inputs, [find], max_new_tokens=args.max_new_tokens)
     edited = runner.generate(inputs, [find, var], max_new_tokens=args.max_new_tokens) if args.var else None
     params = _params(args, lm, find)
