@@ -162,6 +162,8 @@ class LoadedModel:
                 )
             image, question = example
             where = "the image" if len(examples) == 1 else f"the image of example {len(prompts)}"
+            if isinstance(image, (list, tuple)) and not image:
+                raise ParameterError(f"example {len(prompts)} has no image; give at least one per prompt")
             shown = as_images(image, where=where)
             self._check_question(question, where.replace("the image", "the question"))
             for picture in shown:
