@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(PY) -m sinklens draw-scene --split heldout --index 0 --out $(OUT)/scene.png
 	$(PY) -m sinklens run --model toy-llava --image $(OUT)/scene.png \
-		--prompt "Describe the image." --var --out $(OUT)
+		--prompt "Describe the image." --var --max-new-tokens 64 --out $(OUT)
 	# the explorer page; tau 16: on toy-llava no image token reaches phi 20 (sparse visual sinks at 16, layers 23-24)
 	$(PY) -m sinklens explore --model toy-llava --image $(OUT)/scene.png \
 		--prompt "Describe the image." --tau 16 --out $(OUT)/explore

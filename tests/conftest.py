@@ -17,6 +17,7 @@ QUESTION = "What is in the image?"
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "study: a study script of studies/ run in --smoke mode on toy-llava (part of every run)")
+    config.addinivalue_line("markers", "slow: minutes of CPU (the README's blocks); part of every run, `-m 'not slow'` skips them")
 
 
 # Every tiny checkpoint the tests use: the planted built-ins, each with the visual sinks its demo

@@ -111,3 +111,47 @@ def test_a_checkpoint_without_known_sink_dims_exits_2_saying_how_to_find_them(tm
                  "--max-new-tokens", "2", "--out", str(tmp_path)]) == 2
     error = capsys.readouterr().err
     assert "no sink dimensions are known" in error and "discover-sink-dims" in error and "--sink-dims" in error
+
+
+@pytest.fixture(scope="module")
+def black_path(tmp_path_factory):
+    """A black 16-bit grayscale PNG: tiny-llava's planted visual sinks need white blocks, so it has none."""
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("black") / "black16.png"
+    Image.fromarray(np.zeros((84, 84), dtype=np.uint16)).save(path)
+    return path
+
+
+def test_run_counts_sinks_per_layer_and_warns_when_var_acts_without_visual_sinks(black_path, tmp_path, capsys):
+    assert main(["run", "--model", "tiny-llava", "--image", str(black_path), "--prompt", "What is in the image?",
+                 "--max-new-tokens", "3", "--out", str(tmp_path)]) == 0  # fmt: skip
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["sink_counts"]["2"] == {"visual": 0, "text": len(result["sinks"]["2"]["text"])}
+    assert all(count["visual"] == 0 for count in result["sink_counts"].values())
+    assert any(count["text"] for count in result["sink_counts"].values())
+    assert "visual sinks in none of 6 layers" in result["sink_summary"]
+    (warning,) = result["warnings"]
+    assert "moves onto the image tokens" in warning
+    assert "16-bit grayscale (mode I;16) scaled" in result["image_notes"][0]
+    captured = capsys.readouterr()
+    assert "visual sinks in none of 6 layers" in captured.out
+    assert "sinklens: warning: no image token is a visual sink" in captured.err
+    assert "sinklens: note: --image" in captured.err
+
+
+def test_released_var_without_visual_sinks_changes_nothing_and_says_so(black_path, tmp_path):
+    assert main(["run", "--model", "tiny-llava", "--image", str(black_path), "--prompt", "What is in the image?",
+                 "--convention", "released", "--max-new-tokens", "3", "--out", str(tmp_path)]) == 0  # fmt: skip
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["answer_var"] == result["answer_base"]
+    (warning,) = result["warnings"]
+    assert "changed nothing" in warning
+
+
+def test_run_with_visual_sinks_warns_nothing(scene_path, tmp_path):
+    assert main(["run", "--model", "tiny-llava", "--image", str(scene_path), "--prompt", "what ?",
+                 "--max-new-tokens", "2", "--out", str(tmp_path)]) == 0  # fmt: skip
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["warnings"] == [] and result["sink_counts"]["2"] == {"visual": 2, "text": 1}

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sinklens.errors import ParameterError, SinklensError
+from sinklens.errors import OutputError, ParameterError, SinklensError, UnknownModelError
 
 
 def _dims(text: str) -> tuple[int, ...]:
@@ -27,6 +29,98 @@ def _dims(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"--sink-dims takes comma-separated integers, got {text!r}") from e
+
+
+# --- checks that need no model: run before anything is loaded or computed --------------------------
+
+
+def _check_writable(folder: Path, flag: str, path: Path) -> None:
+    """Write and remove a probe file in `folder` (the nearest existing folder of `path`): permissions, read-only mounts."""
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".sinklens-write-check-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(
+            f"{flag} {path}: cannot write in {folder} ({e.strerror or e}); choose a folder you can write to"
+        ) from e
+
+
+def _nearest_existing(path: Path, flag: str, shown: Path) -> Path:
+    folder = path
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputError(f"{flag} {shown}: {folder} is a file, so no folder can be made under it; choose another path")
+    return folder
+
+
+def _check_out_folder(path: Path, flag: str = "--out") -> None:
+    """An output folder: not an existing file, and somewhere this process can write."""
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{flag} {path} is an existing file; give a folder (the results are written inside it)")
+    _check_writable(_nearest_existing(path.absolute(), flag, path), flag, path)
+
+
+def _check_out_image(path: Path, flag: str = "--out") -> None:
+    """An output image file: a name with an image extension PIL writes, in a folder this process can write."""
+    from PIL import Image
+
+    if path.is_dir():
+        raise OutputError(f"{flag} {path} is a directory; name an image file, such as {path / 'scene.png'}")
+    extensions = Image.registered_extensions()
+    if extensions.get(path.suffix.lower()) not in Image.SAVE:
+        raise OutputError(
+            f"{flag} {path} has no image extension PIL can write ({path.suffix or 'none'}); name a file such as "
+            f"{path.with_suffix('.png')}"
+        )
+    _check_writable(_nearest_existing(path.absolute().parent, flag, path), flag, path)
+
+
+def _check_model(args: argparse.Namespace) -> None:
+    """A model name that is not a built-in, a folder or a hub id fails here, naming the closest built-in."""
+    from sinklens.models.loading import check_model_name
+
+    check_model_name(args.model)
+
+
+def _check_new_tokens(args: argparse.Namespace) -> None:
+    if args.max_new_tokens < 1:
+        raise ParameterError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+
+
+def _check_dims_sign(args: argparse.Namespace) -> None:
+    dims = getattr(args, "sink_dims", None)
+    if dims is not None and not dims:
+        raise ParameterError("--sink-dims is empty; give comma-separated dimensions (e.g. 507) or leave it out")
+    if dims and min(dims) < 0:
+        raise ParameterError(f"--sink-dims must be residual-stream dimensions >= 0, got {min(dims)}")
+
+
+# --- checks against the loaded model: run right after loading, before any compute ------------------
+
+
+def _check_dims_width(args: argparse.Namespace, lm: Any) -> None:
+    dims = getattr(args, "sink_dims", None)
+    if dims and max(dims) >= lm.d_model:
+        raise ParameterError(
+            f"--sink-dims {max(dims)} is outside {lm.name}'s residual stream (width {lm.d_model}: dimensions "
+            f"0..{lm.d_model - 1}). Find its sink dimensions with `sinklens discover-sink-dims --model {lm.name}`."
+        )
+
+
+def _context(lm: Any) -> int | None:
+    return getattr(lm.text_config, "max_position_embeddings", None)
+
+
+def _check_context(lm: Any, n_prompt: int, max_new_tokens: int) -> None:
+    """Generation runs every one of --max-new-tokens steps (EOS is suppressed): it must fit the model's context."""
+    context = _context(lm)
+    if context is not None and n_prompt + max_new_tokens > context:
+        raise ParameterError(
+            f"--max-new-tokens {max_new_tokens} runs past {lm.name}'s context of {context} positions: the prompt "
+            f"takes {n_prompt}. Use at most {max(context - n_prompt, 0)} (answers stop at the end-of-sequence token anyway)."
+        )
 
 
 def _add_model(command: argparse.ArgumentParser) -> None:
@@ -64,7 +158,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--prompt", required=True, help="the question about the image")
     _add_stack(run, var_default=True)
-    run.add_argument("--max-new-tokens", type=int, default=16)
+    run.add_argument("--max-new-tokens", type=int, default=64,
+                     help="longest answer in tokens; answers stop at the end-of-sequence token (default: 64)")
     run.add_argument(
         "--remote", choices=("off", "local", "ndif"), default="off",
         help="off: run here; local: nnsight's local simulation of a remote request; ndif: run on NDIF "
@@ -163,39 +258,103 @@ def _image_centric_counts(ctx: Any) -> dict[str, Any]:
     return {"total": sum(per_layer.values()), "per_layer": per_layer}
 
 
-def run(args: argparse.Namespace) -> Path:
-    from PIL import Image
+LONG_GENERATION = 256  # tokens; above this `run` says the wait will be long
 
+
+def _sink_counts(table: dict[str, dict[str, list[int]]]) -> dict[str, dict[str, int]]:
+    return {layer: {kind: len(found[kind]) for kind in ("visual", "text")} for layer, found in table.items()}
+
+
+def _layer_ranges(layers: list[int]) -> str:
+    """[3, 4, 5, 9] -> "3-5, 9"."""
+    runs: list[list[int]] = []
+    for layer in layers:
+        if runs and layer == runs[-1][-1] + 1:
+            runs[-1].append(layer)
+        else:
+            runs.append([layer])
+    return ", ".join(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs)
+
+
+def _sink_summary(counts: dict[str, dict[str, int]], tau: float) -> str:
+    parts = []
+    for kind in ("visual", "text"):
+        layers = [int(layer) for layer, found in counts.items() if found[kind]]
+        where = f"in {len(layers)} of {len(counts)} layers ({_layer_ranges(layers)})" if layers else f"in none of {len(counts)} layers"
+        parts.append(f"{kind} sinks {where}")
+    return f"sinks at tau {tau:g}: " + "; ".join(parts)
+
+
+def _sink_warnings(counts: dict[str, dict[str, int]], args: argparse.Namespace, tau: float, model: str) -> list[str]:
+    """What a first run must not leave unsaid: VAR acting on a model where no image token is a sink."""
+    if not args.var or any(found["visual"] for found in counts.values()):
+        return []
+    if not any(found["text"] for found in counts.values()):
+        return [
+            f"no token is a sink at tau {tau:g} in any layer, so VAR had nothing to move and answer_var equals "
+            "answer_base. Check --sink-dims (`sinklens discover-sink-dims`) or lower --tau."
+        ]
+    if args.convention == "released":
+        return [
+            f"no image token is a visual sink at tau {tau:g} in any layer; under the released convention VAR "
+            "selects no head in a layer without a visual sink, so it changed nothing. Lower --tau to study "
+            "the sinks this model has."
+        ]
+    return [
+        f"no image token is a visual sink at tau {tau:g} in any layer, yet VAR acted: under the paper "
+        "convention its budget is the attention on the text sinks (BOS and the like), which it moves onto "
+        "the image tokens, so answer_var differs from answer_base for that reason. Lower --tau to study the "
+        f"visual sinks this model has{' (a few image tokens pass --tau 16, in layers 23-24)' if model == 'toy-llava' else ''}, "
+        "or pass --convention released (no head is selected in a layer without a visual sink)."
+    ]
+
+
+def run(args: argparse.Namespace) -> Path:
     from sinklens.backends.nnsight_backend import NnsightRunner
     from sinklens.models import load
+    from sinklens.models.images import open_image, to_rgb
 
     started = time.perf_counter()
+    _check_out_folder(args.out)
+    _check_new_tokens(args)
+    _check_dims_sign(args)
     find, var = _stack(args, with_var=True)
-    for path in args.image:
-        if not path.is_file():
-            raise FileNotFoundError(f"--image {path} does not exist; draw one with `sinklens draw-scene --out PATH`")
+    converted = [to_rgb(open_image(path, what="--image")) for path in args.image]  # corrupt, missing, a folder
     if args.remote == "ndif":
         from sinklens.backends.remote import connect
 
         runner = connect(args.model)  # fails fast, naming what is missing: the API key, or the hosted models
         lm = runner.loaded
     else:
+        _check_model(args)
         lm = load(args.model)
         runner = NnsightRunner(lm, remote="local" if args.remote == "local" else False)
-    inputs = lm.prepare([Image.open(path) for path in args.image], args.prompt)
+    _check_dims_width(args, lm)
+    inputs = lm.prepare([image.image for image in converted], args.prompt)
+    _check_context(lm, int(inputs["input_ids"].shape[1]), args.max_new_tokens)
+    if args.max_new_tokens > LONG_GENERATION:  # every step runs (EOS is suppressed): say so before a long wait
+        print(f"sinklens: note: generating {args.max_new_tokens} tokens {'twice ' if args.var else ''}(every step "
+              "runs; answers are cut at the end-of-sequence token afterwards): this takes a while", file=sys.stderr)
     base = runner.generate(inputs, [find], max_new_tokens=args.max_new_tokens)
     edited = runner.generate(inputs, [find, var], max_new_tokens=args.max_new_tokens) if args.var else None
+    params = _params(args, lm, find)
+    sinks = _sink_positions(base.ctx)
+    counts = _sink_counts(sinks)
     result = {
         "model": lm.name,
         "remote": args.remote,
         "prompt": args.prompt,
         "image": [str(path) for path in args.image],
+        "image_notes": [image.note for image in converted],
         "sink_dims": list(args.sink_dims or lm.sink_dims or ()),
         "sink_dims_source": "--sink-dims" if args.sink_dims else lm.sink_dims_source,
-        "params": _params(args, lm, find),
+        "params": params,
         "n_image_tokens": int(base.ctx.image.mask.sum()),
         "image_grids": _image_grids(base.ctx),
-        "sinks": _sink_positions(base.ctx),
+        "sinks": sinks,
+        "sink_counts": counts,
+        "sink_summary": _sink_summary(counts, params["tau"]),
+        "warnings": _sink_warnings(counts, args, params["tau"], lm.name),
         "n_image_centric": _image_centric_counts(edited.ctx) if edited else None,
         "answer_base": base.texts[0],
         "answer_var": edited.texts[0] if edited else None,
@@ -217,9 +376,17 @@ def eval_pope(args: argparse.Namespace) -> dict[str, Any]:
         from sinklens.interventions import VCD
 
         stack.append(VCD(alpha=args.vcd_alpha, beta=args.vcd_beta))
+    if args.n < 1:
+        raise ParameterError(f"--n must be >= 1 (the number of questions), got {args.n}")
+    _check_new_tokens(args)
+    _check_dims_sign(args)
+    _check_out_folder(args.out)
+    _check_model(args)
     if args.restart:
         pope.restart(args.out)
     lm = load(args.model)
+    _check_dims_width(args, lm)
+    _check_context(lm, 0, args.max_new_tokens)
     return pope.evaluate_pope(
         lm, NnsightRunner(lm), split=args.split, n=args.n, out=args.out, interventions=stack,
         max_new_tokens=args.max_new_tokens, settings={"params": _params(args, lm, stack[0])},
@@ -234,7 +401,13 @@ def eval_captions(args: argparse.Namespace) -> dict[str, Any]:
     stack = _stack(args, with_var=args.var)
     if args.n < 1:
         raise ParameterError(f"--n must be >= 1, got {args.n}")
+    _check_new_tokens(args)
+    _check_dims_sign(args)
+    _check_out_folder(args.out)
+    _check_model(args)
     lm = load(args.model)
+    _check_dims_width(args, lm)
+    _check_context(lm, 0, args.max_new_tokens)
     result = evaluate_captions(lm, NnsightRunner(lm), n=args.n, interventions=stack, max_new_tokens=args.max_new_tokens)
     result["params"] = _params(args, lm, stack[0])
     args.out.mkdir(parents=True, exist_ok=True)
@@ -247,7 +420,20 @@ def discover_sink_dims(args: argparse.Namespace) -> dict[str, Any]:
     from sinklens.eval.discovery import discover, plot_discovery
     from sinklens.models import load
 
-    lm = load(args.model)
+    if args.prompts < 1:
+        raise ParameterError(f"--prompts must be >= 1 (the number of scene prompts to scan), got {args.prompts}")
+    if args.first_layer < 0:
+        raise ParameterError(f"--first-layer must be >= 0, got {args.first_layer}")
+    if args.threshold is not None and not args.threshold > 0:
+        raise ParameterError(f"--threshold must be > 0 (every dimension would pass {args.threshold:g}); SPEC's is 20")
+    if args.threshold_fraction is not None and not 0 < args.threshold_fraction < 1:
+        raise ParameterError(
+            f"--threshold-fraction must be in (0, 1): it is a fraction of sqrt(d_model), which |x_d| / RMS(x) never "
+            f"exceeds; got {args.threshold_fraction:g} (0.3125 gives the paper's 20 at width 4096)"
+        )
+    _check_out_folder(args.out)
+    _check_model(args)
+    lm = load(args.model)  # discover checks --first-layer and --threshold against the model before its scan
     result = discover(
         lm, NnsightRunner(lm), n_prompts=args.prompts, threshold=args.threshold,
         threshold_fraction=args.threshold_fraction, first_layer=args.first_layer,
@@ -300,6 +486,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"answer without VAR: {result['answer_base']!r}")
             if result["answer_var"] is not None:
                 print(f"answer with VAR:    {result['answer_var']!r}")
+            for image, note in zip(result["image"], result["image_notes"]):
+                if note:
+                    print(f"sinklens: note: --image {image}: {note}", file=sys.stderr)
+            print(result["sink_summary"])
+            for warning in result["warnings"]:
+                print(f"sinklens: warning: {warning}", file=sys.stderr)
             print(f"result written to {path}")
         elif args.command == "eval" and args.benchmark == "captions":
             result = eval_captions(args)
@@ -318,19 +510,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"explorer written to {path} ({sizes['html'] / 1e6:.2f} MB: attention data "
                   f"{sizes['attention_bytes'] / 1e6:.2f} MB, inlined JSON {sizes['json_bytes'] / 1e6:.2f} MB)")  # fmt: skip
         elif args.command == "draw-scene":
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            if args.model is not None:
-                from sinklens.models.loading import demo_scene
-
-                demo_scene(args.model).save(args.out)
-            else:
-                from sinklens.data.scenes import scene
-
-                drawn = scene(args.split, args.index)
-                drawn.image().save(args.out)
-                print(drawn.caption())
-            print(f"scene written to {args.out}")
-    except (SinklensError, FileNotFoundError) as e:
+            draw_scene(args)
+    except (SinklensError, FileNotFoundError) as e:  # every refusal: one line that names the fix, no traceback
         print(f"sinklens: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def draw_scene(args: argparse.Namespace) -> None:
+    from sinklens.models.loading import BUILTINS
+
+    _check_out_image(args.out)
+    if args.index < 0:
+        raise ParameterError(f"--index must be >= 0 (scenes are numbered from 0), got {args.index}")
+    if args.model is not None and args.model not in BUILTINS:
+        from sinklens.models.loading import builtins_hint
+
+        raise UnknownModelError(
+            f"draw-scene --model takes a built-in (it draws that built-in's demo scene), got {args.model!r}. "
+            f"{builtins_hint(args.model)}."
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.model is not None:
+        from sinklens.models.loading import demo_scene
+
+        demo_scene(args.model).save(args.out)
+    else:
+        from sinklens.data.scenes import scene
+
+        drawn = scene(args.split, args.index)
+        drawn.image().save(args.out)
+        print(drawn.caption())
+    print(f"scene written to {args.out}")

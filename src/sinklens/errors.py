@@ -87,3 +87,18 @@ class MissingSinksError(SinklensError, RuntimeError):
 
 class RemoteError(SinklensError, RuntimeError):
     """A remote (NDIF) run cannot start: no API key, a model NDIF does not host, or a bad `remote=` value."""
+
+
+class ImageInputError(SinklensError, ValueError):
+    """An image argument is not an image sinklens can read: None, an array, a directory, a corrupt file."""
+
+
+class UnknownModelError(SinklensError, KeyError):
+    """A model name is neither a built-in, a local folder, nor a hub id this machine can load."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class OutputError(SinklensError, OSError):
+    """An output path cannot be written: an existing file where a folder is wanted, a read-only folder."""

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
+from sinklens.errors import ParameterError
+
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond", "hexagon", "heart")
 SHAPE_WEIGHTS = (8, 7, 6, 5, 4, 3, 2, 1)  # "circle" is the most common object, "heart" the rarest
 PARTNERS = {
@@ -78,9 +80,9 @@ class Scene:
 
 def _rng(split: str, index: int) -> random.Random:
     if split not in SPLIT_SEEDS:
-        raise ValueError(f"unknown split {split!r}; use one of {sorted(SPLIT_SEEDS)}")
+        raise ParameterError(f"unknown split {split!r}; use one of {sorted(SPLIT_SEEDS)}")
     if index < 0:
-        raise ValueError(f"scene index must be >= 0, got {index}")
+        raise ParameterError(f"scene index must be >= 0 (draw-scene --index), got {index}")
     return random.Random(f"sinklens-scene-{SPLIT_SEEDS[split]}-{index}")
 
 

