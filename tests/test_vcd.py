@@ -127,3 +127,19 @@ def test_each_pass_finds_its_own_sinks(runner, inputs):
     first_image = int(image.nonzero()[0])
     # tokens before the image cannot see it (causal attention): the same in both passes
     assert torch.equal(ctx.phi[2][0, :first_image], ctx.phi[2][1, :first_image])
+
+
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-llava-next", "tiny-qwen2-vl", "tiny-internvl"])
+def test_a_prompts_noised_image_does_not_depend_on_its_batch_mates(name):
+    """VCD draws each image's noise afresh: a prompt's VCD logits are those it gets alone."""
+    from conftest import loaded, runner_for
+    from sinklens.models.loading import demo_scene
+
+    lm = loaded(name)
+    scene = demo_scene(name)
+    other = scene.resize((scene.width * 2, scene.height))  # another shape: other tiles, grids, padding
+    stack = lambda: [FindSinks(), VCD(beta=BETA)]  # noqa: E731
+    alone = runner_for(name).forward(lm.prepare(scene, QUESTION), stack()).logits
+    batch = lm.prepare_batch([(other, "Is there a square?"), (scene, QUESTION)])
+    together = runner_for(name).forward(batch, stack()).logits
+    assert_logits_close(together[1:, -1], alone[:, -1], TOLERANCE, f"{name}: VCD logits of the second prompt")

@@ -66,8 +66,7 @@ class VCD:
             raise PassError("VCD needs pixel_values in the inputs: pass the processor's output unchanged")
         batch = inputs["input_ids"].shape[0]
         pixels = inputs["pixel_values"]
-        generator = torch.Generator().manual_seed(self.seed)
-        noise = torch.randn(pixels.shape, generator=generator, dtype=torch.float32).to(pixels.device, pixels.dtype)
+        noise = _image_noise(pixels, inputs.get("image_grid_thw"), self.seed).to(pixels.device, pixels.dtype)
         expanded: dict[str, Tensor] = {}
         for key, value in inputs.items():
             if key == "pixel_values":
@@ -91,6 +90,26 @@ class VCD:
         fn = partial(_contrast, alpha=self.alpha, beta=self.beta)
         return [Hook("hook_logits", fn)]
 
+
+
+def _image_noise(pixels: Tensor, grid_thw: Tensor | None, seed: int) -> Tensor:
+    """Gaussian noise for `pixels`, drawn per image so that no prompt's noise depends on its batch mates.
+
+    Each image (Qwen2-VL: its rows, by `image_grid_thw`; LLaVA-NeXT: each of its
+    patches, seeded `seed + patch`; otherwise each leading row: an image, or an
+    InternVL tile) gets noise from a generator seeded afresh. A LLaVA prompt alone
+    gets exactly the noise of `torch.randn(pixels.shape)` seeded with `seed`.
+    """
+
+    def draw(shape: torch.Size, offset: int = 0) -> Tensor:
+        return torch.randn(shape, generator=torch.Generator().manual_seed(seed + offset), dtype=torch.float32)
+
+    if grid_thw is not None:
+        sizes = [int(n) for n in grid_thw.prod(-1)]
+        return torch.cat([draw(chunk.shape) for chunk in pixels.split(sizes)])
+    if pixels.dim() == 5:  # [image, patch, channel, height, width]
+        return torch.stack([draw(pixels.shape[2:], patch) for patch in range(pixels.shape[1])]).expand(pixels.shape)
+    return draw(pixels.shape[1:]).expand(pixels.shape)
 
 def _contrast(logits: Tensor, ctx: RunContext, *, alpha: float, beta: float) -> Tensor:
     image, noised = logits[ctx.passes[IMAGE_PASS]], logits[ctx.passes[NOISED_PASS]]

@@ -92,11 +92,6 @@ class SinklensLMM(lmms):
         self._device = self.loaded.model.device
         self._rank = accelerator.process_index
         self._world_size = accelerator.num_processes
-        if self.settings.batch_size > 1 and self.batch_size == 1:
-            # VCD draws the noise for a whole batch from one seeded generator, so a prompt's noised image (and
-            # answer) would depend on its batch mates, and differ between batch sizes and data-parallel shards
-            logger.warning(f"sinklens: vcd=true answers one prompt at a time (batch_size={self.settings.batch_size} "
-                           "ignored) so that each prompt's noise, and answer, do not depend on its batch")  # fmt: skip
         if self._rank == 0:
             logger.info(f"sinklens: {self.settings.pretrained} on {self._device} x {self._world_size} process(es), "
                         f"stack {self.stack or '[] (plain model)'}, batch size {self.batch_size}")  # fmt: skip
@@ -116,9 +111,7 @@ class SinklensLMM(lmms):
 
     @property
     def batch_size(self) -> int:
-        """Prompts per run: `batch_size`, except under VCD (one at a time, see `__init__`)."""
-        if any(isinstance(member, sl.VCD) for member in self.stack):
-            return 1
+        """Prompts per run (each prompt's answer, VCD's noise included, does not depend on its batch mates)."""
         return self.settings.batch_size
 
     # -- requests -----------------------------------------------------------------
