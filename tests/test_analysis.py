@@ -43,6 +43,7 @@ def test_contribution_sums_to_the_attention_output(name):
     assert diff <= TOLERANCE, f"sum of contribution vectors vs o_proj output: max abs diff {diff}"
 
 
+@pytest.mark.slow  # a Python loop oracle over every head, query and key
 def test_contribution_norms_match_the_loop_oracle():
     name = "tiny-llava-next"  # GQA
     lm, runner, inputs = loaded(name), runner_for(name), demo_inputs(name)

@@ -66,6 +66,7 @@ def test_a_torn_last_line_is_dropped_and_redone(tiny, runner, clean_run, tmp_pat
     assert _rows(tmp_path) == _rows(clean_run[0])
 
 
+@pytest.mark.slow  # a subprocess, killed mid-run
 def test_a_killed_process_loses_nothing(clean_run, tmp_path):
     """SIGKILL the CLI mid-run (no clean-up runs), then finish in-process: same rows as a clean run."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
