@@ -36,7 +36,7 @@ def mcnemar_exact(a_only: int, b_only: int) -> float:
     return float(min(Fraction(1), 2 * tail))
 
 
-def bootstrap_ci(a: Sequence[bool], b: Sequence[bool], *, seed: int = 0, resamples: int = BOOTSTRAP,
+def bootstrap_ci(a: Sequence[bool] | np.ndarray, b: Sequence[bool] | np.ndarray, *, seed: int = 0, resamples: int = BOOTSTRAP,
                  level: float = 0.95) -> tuple[float, float]:  # fmt: skip
     """Percentile bootstrap interval of accuracy(b) - accuracy(a), resampling examples (pairs) with replacement."""
     diff = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
@@ -54,7 +54,7 @@ def bootstrap_ci(a: Sequence[bool], b: Sequence[bool], *, seed: int = 0, resampl
     return float(low), float(high)
 
 
-def paired(a: Sequence[bool], b: Sequence[bool], *, seed: int = 0, resamples: int = BOOTSTRAP) -> dict[str, object]:
+def paired(a: Sequence[bool] | np.ndarray, b: Sequence[bool] | np.ndarray, *, seed: int = 0, resamples: int = BOOTSTRAP) -> dict[str, object]:
     """Setting b against setting a on the same examples (`a[i]`, `b[i]`: example i answered correctly)."""
     if len(a) != len(b):
         raise ValueError(f"paired comparison needs the same examples: {len(a)} against {len(b)}")
