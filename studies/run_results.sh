@@ -13,10 +13,14 @@ N=${POPE_N:-300}
 POPE="--split random --n $N --batch-size 8 --runs $RUNS"
 mkdir -p $R/logs
 
+# Cheapest first: each step's rows are reused by the later, larger steps (same settings, same folder).
 lane_var() {
-  $PY studies/table_var.py --tau 20 --no-grid --splits random --n $N --batch-size 8 --runs $RUNS --out $R/tau20
-  $PY studies/table_var.py --tau visual --no-grid --splits random --n $N --batch-size 8 --runs $RUNS --out $R/tau16
-  $PY studies/fig3b_sink_ablation.py --tau 20 $POPE --out $R/tau20
+  for settings in method all; do
+    for tau in 20 visual; do
+      $PY studies/table_var.py --tau $tau --settings $settings --no-grid --splits random --n $N --batch-size 8 \
+        --runs $RUNS --out $R/tau$([ $tau = visual ] && echo 16 || echo 20)
+    done
+  done
 }
 
 lane_maps() {
@@ -27,7 +31,9 @@ lane_maps() {
       $PY studies/$s.py --tau $tau --out $out
     done
   done
-  $PY studies/fig3b_sink_ablation.py --tau visual $POPE --out $R/tau16
+  $PY studies/fig3b_sink_ablation.py --tau visual --seeds 1 $POPE --out $R/tau16
+  $PY studies/fig3b_sink_ablation.py --tau visual --seeds 3 $POPE --out $R/tau16
+  $PY studies/fig3b_sink_ablation.py --tau 20 --seeds 1 $POPE --out $R/tau20
 }
 
 lane_var > $R/logs/lane_var.log 2>&1 &
