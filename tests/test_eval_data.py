@@ -393,3 +393,11 @@ def test_paired_bootstrap_against_a_naive_loop():
     assert bootstrap_ci([True] * 10, [True] * 10) == (0.0, 0.0)
     with pytest.raises(ValueError, match="same examples"):
         paired(a, b[:-1])
+
+
+def test_captions_batched_equal_captions_one_at_a_time(tiny, runner):
+    from sinklens.eval.captions import evaluate_captions
+
+    one = evaluate_captions(tiny, runner, n=3, max_new_tokens=5, progress=False)
+    three = evaluate_captions(tiny, runner, n=3, max_new_tokens=5, progress=False, batch_size=3)
+    assert one == three

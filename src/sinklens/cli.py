@@ -95,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_stack(captions, var_default=False)
     captions.add_argument("--max-new-tokens", type=int, default=48)
     captions.add_argument("--out", required=True, type=Path, help="folder for captions.json")
+    captions.add_argument("--batch-size", type=int, default=1, help="scenes per forward pass (default: 1)")
 
     discover = commands.add_parser("discover-sink-dims", help="find the sink dimensions of a model from data")
     _add_model(discover)
@@ -315,8 +316,12 @@ def eval_captions(args: argparse.Namespace) -> dict[str, Any]:
     stack = _stack(args, with_var=args.var)
     if args.n < 1:
         raise ParameterError(f"--n must be >= 1, got {args.n}")
+    from sinklens.eval.pope import check_batch_size
+
+    check_batch_size(args.batch_size)
     lm = load(args.model)
-    result = evaluate_captions(lm, NnsightRunner(lm), n=args.n, interventions=stack, max_new_tokens=args.max_new_tokens)
+    result = evaluate_captions(lm, NnsightRunner(lm), n=args.n, interventions=stack, max_new_tokens=args.max_new_tokens,
+                               batch_size=args.batch_size)  # fmt: skip
     result["params"] = _params(args, lm, stack[0])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "captions.json").write_text(json.dumps(result, indent=1) + "\n")
