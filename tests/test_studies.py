@@ -136,3 +136,12 @@ def test_study_refuses_an_object_template_on_user_images(tmp_path):
     images = _user_images(tmp_path / "photos")
     done = run_study("fig1_attention_maps", tmp_path, "--images", str(images), "--question", "Is there a {object}?")
     assert done.returncode != 0 and "only synthetic scenes know" in done.stderr
+
+
+def test_tau_visual_reads_the_registry(tmp_path):
+    from sinklens.models.sink_dims import known_sink_dims
+
+    entry = known_sink_dims("toy-llava")
+    assert entry.visual_tau == 16.0 and "layers 23-24" in entry.visual_tau_reason
+    done = run_study("fig1_attention_maps", tmp_path, "--model", "tiny-llava", "--tau", "visual")
+    assert done.returncode != 0 and "tiny-llava has no registered visual-sink threshold" in done.stderr
