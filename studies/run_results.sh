@@ -11,7 +11,7 @@ R=docs/results
 RUNS=$R/pope_runs
 N=${POPE_N:-300}
 POPE="--split random --n $N --batch-size 8 --runs $RUNS"
-mkdir -p $R/logs
+mkdir -p out/results-logs
 
 # Cheapest first: each step's rows are reused by the later, larger steps (same settings, same folder).
 lane_var() {
@@ -36,6 +36,6 @@ lane_maps() {
   $PY studies/fig3b_sink_ablation.py --tau 20 --seeds 1 $POPE --out $R/tau20
 }
 
-lane_var > $R/logs/lane_var.log 2>&1 &
-lane_maps > $R/logs/lane_maps.log 2>&1 &
+lane_var > out/results-logs/lane_var.log 2>&1 &
+lane_maps > out/results-logs/lane_maps.log 2>&1 &
 wait
