@@ -73,7 +73,16 @@ def test_study_refuses_a_bad_n(tmp_path):
 
 def test_every_study_is_tested():
     scripts = {path.stem for path in (ROOT / "studies").glob("*.py") if not path.stem.startswith("_")}
-    assert scripts - {"train_toy_llava", "toy_llava_sinks"} == set(STUDIES)  # training, and a study of its own
+    # training, a study of its own, and the script that prints docs/results.md's numbers
+    assert scripts - {"train_toy_llava", "toy_llava_sinks", "summarize_results"} == set(STUDIES)
+
+
+def test_summarize_results_prints_the_committed_runs():
+    done = subprocess.run([sys.executable, str(ROOT / "studies" / "summarize_results.py"), str(ROOT / "docs/results/tau16"),
+                           str(ROOT / "docs/results/missing")], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "| VAR paper rho=0.8 p=0.6 |" in done.stdout and "McNemar" in done.stdout
+    assert "table_var: missing" in done.stdout  # a folder without runs says so
 
 
 def _user_images(folder: Path, k: int = 4) -> Path:
