@@ -22,7 +22,7 @@ def main(argv=None) -> dict:
         tile = max(ctx.image.images_of(0)[0].tiles, key=lambda t: t.positions.numel())
         sinks = tile.gather(ctx.sinks[middle][0].cpu())
         on_sinks = float((grid * sinks).sum() / grid.sum())
-        examples.append({"scene": index, "question": question, "objects": [o.phrase + " at " + o.position for o in s.objects],
+        examples.append({"scene": study.source_name(s, index), "question": question, "objects": [o.phrase + " at " + o.position for o in s.objects],
                          "background": s.background, "map": grid, "visual_sinks": sinks.int(),
                          "n_visual_sinks": int(sinks.sum()), "share_of_image_attention_on_sinks": on_sinks})  # fmt: skip
         panels.append((s.image(), grid, sinks, question, on_sinks))

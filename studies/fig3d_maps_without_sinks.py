@@ -31,7 +31,7 @@ def main(argv=None) -> dict:
         with_sinks, without = image_map(kept, layers), image_map(removed, layers)
         non_sink = ~sinks
         examples.append({
-            "scene": index, "question": question, "objects": [o.phrase + " at " + o.position for o in s.objects],
+            "scene": study.source_name(s, index), "question": question, "objects": [o.phrase + " at " + o.position for o in s.objects],
             "visual_sinks": sinks.int(), "map_with_sinks": with_sinks, "map_without_sinks": without,
             "image_attention_with": float(with_sinks.sum()), "image_attention_without": float(without.sum()),
             "non_sink_attention_with": float(with_sinks[non_sink].sum()),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 import sinklens as sl
-from sinklens.eval.study import Study, figure, overlay, parse_args, scene_prompt
+from sinklens.eval.study import Study, figure, overlay, parse_args
 from sinklens.interventions import image_map
 
 NAME = "fig4_head_ranking"
@@ -33,8 +33,8 @@ def main(argv=None) -> dict:
     ranked = [{"layer": layers[int(k) // n_heads], "head": int(k) % n_heads, "ratio": float(score.flatten()[k]),
                "image_attention": float(attention.flatten()[k])} for k in order]  # fmt: skip
     picks = ranked[:EXAMPLES] + ranked[-EXAMPLES:]
-    s, question = scene_prompt(0)
-    inputs = lm.prepare(s.image(), question)
+    s, question, inputs = study.prompt(0)
+    shown = study.source_name(s, 0)
     fig = None
     fig, axes = figure(2, 1 + EXAMPLES, figsize=(3.0 * (1 + EXAMPLES), 6.2), squeeze=False,
                        gridspec_kw={"width_ratios": [2.2] + [1] * EXAMPLES})  # fmt: skip
@@ -59,7 +59,7 @@ def main(argv=None) -> dict:
         ax = axes[0 if k < EXAMPLES else 1, 1 + k % EXAMPLES]
         where = "top" if k < EXAMPLES else "bottom"
         overlay(ax, s.image(), grid, sinks=sinks, title=f"{where}: L{pick['layer']} H{pick['head']}, r = {pick['ratio']:.2f}")
-    fig.suptitle(study.title(f"head ranking by visual non-sink ratio ({args.n} prompts); example maps of scene 0, sinks (x)"),
+    fig.suptitle(study.title(f"head ranking by visual non-sink ratio ({args.n} prompts); example maps of {shown}, sinks (x)"),
                  fontsize=9)  # fmt: skip
     fig.tight_layout()
     return study.finish(fig, {

@@ -67,4 +67,84 @@ def test_study_refuses_a_bad_n(tmp_path):
 
 def test_every_study_is_tested():
     scripts = {path.stem for path in (ROOT / "studies").glob("*.py") if not path.stem.startswith("_")}
-    assert scripts - {"train_toy_llava", "toy_llava_sinks"} == set(STUDIES)  # training, and a study of its own
+    # training, a study of its own, and the script that prints docs/results.md's numbers
+    assert scripts - {"train_toy_llava", "toy_llava_sinks", "summarize_results"} == set(STUDIES)
+
+
+def test_summarize_results_prints_the_committed_runs():
+    done = subprocess.run([sys.executable, str(ROOT / "studies" / "summarize_results.py"), str(ROOT / "docs/results/tau16"),
+                           str(ROOT / "docs/results/missing")], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "| VAR paper rho=0.8 p=0.6 |" in done.stdout and "McNemar" in done.stdout
+    assert "table_var: missing" in done.stdout  # a folder without runs says so
+
+
+def _user_images(folder: Path, k: int = 4) -> Path:
+    """k images of different sizes and formats, drawn here: a user's own folder."""
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(k):
+        width, height = (200 + 40 * index, 150 + 20 * index)
+        image = Image.new("RGB", (width, height), (250, 250, 250))
+        ImageDraw.Draw(image).ellipse((20, 20, 20 + 30 * (index + 1), 20 + 30 * (index + 1)), fill=(200, 40, 40))
+        image.save(folder / f"photo_{index}.{'png' if index % 2 else 'jpg'}")
+    return folder
+
+
+@pytest.mark.parametrize("name", list(STUDIES))
+def test_study_runs_on_a_folder_of_images(name, tmp_path):
+    """Every study takes --images DIR and a question template; the JSON says where its prompts came from."""
+    images = _user_images(tmp_path / "photos")
+    done = run_study(name, tmp_path / "out", "--smoke", "--model", "tiny-llava", "--images", str(images),
+                     "--question", "What is in this photo?", "--tau", "10")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads((tmp_path / "out" / f"{name}.json").read_text())
+    assert data["model"] == "tiny-llava" and data["prompts"]["images"] == str(images)
+    assert data["prompts"]["question"] == "What is in this photo?" and "{question}" in data["prompts"]["prompt_template"]
+    if name in ("fig1_attention_maps", "fig3d_maps_without_sinks"):
+        assert {e["scene"] for e in data["examples"]} <= {f"photo_{i}.{'png' if i % 2 else 'jpg'}" for i in range(4)}
+
+
+def _pope_file(tmp: Path) -> tuple[Path, Path]:
+    images = _user_images(tmp / "val2014")
+    names = sorted(p.name for p in images.iterdir())
+    lines = [{"question_id": k, "image": names[k % 4], "text": f"Is there a {'circle' if k % 2 else 'dog'} in the image?",
+              "label": "yes" if k % 2 else "no"} for k in range(6)]  # fmt: skip
+    data = tmp / "pope.jsonl"
+    data.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return data, images
+
+
+@pytest.mark.parametrize("name", ["fig3b_sink_ablation", "table_var"])
+def test_scored_study_on_a_pope_file_with_paired_statistics(name, tmp_path):
+    data, images = _pope_file(tmp_path)
+    done = run_study(name, tmp_path / "out", "--smoke", "--model", "tiny-llava", "--data", str(data), "--images",
+                     str(images), "--n", "6", "--batch-size", "4", "--tau", "10")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / f"{name}.json").read_text())
+    assert {row["split"] for row in result["rows"]} == {"file-pope"} and all(row["n"] == 6 for row in result["rows"])
+    assert result["comparisons"]
+    for comparison in result["comparisons"]:
+        low, high = comparison["ci95"]
+        assert low <= comparison["difference"] <= high and 0 < comparison["mcnemar_p"] <= 1
+        assert comparison["n"] == 6
+    # a bad file is refused before the model loads, naming the line
+    data.write_text(data.read_text() + "not json\n")
+    done = run_study(name, tmp_path / "bad", "--smoke", "--model", "tiny-llava", "--data", str(data), "--images", str(images))
+    assert done.returncode != 0 and f"{data}:7: not a JSON line" in done.stderr
+
+
+def test_study_refuses_an_object_template_on_user_images(tmp_path):
+    images = _user_images(tmp_path / "photos")
+    done = run_study("fig1_attention_maps", tmp_path, "--images", str(images), "--question", "Is there a {object}?")
+    assert done.returncode != 0 and "only synthetic scenes know" in done.stderr
+
+
+def test_tau_visual_reads_the_registry(tmp_path):
+    from sinklens.models.sink_dims import known_sink_dims
+
+    entry = known_sink_dims("toy-llava")
+    assert entry.visual_tau == 16.0 and "layers 23-24" in entry.visual_tau_reason
+    done = run_study("fig1_attention_maps", tmp_path, "--model", "tiny-llava", "--tau", "visual")
+    assert done.returncode != 0 and "tiny-llava has no registered visual-sink threshold" in done.stderr

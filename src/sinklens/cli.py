@@ -3,6 +3,8 @@
     sinklens draw-scene --out scene.png
     sinklens run --image scene.png --prompt "What is in the image?" --var --out out/
     sinklens eval pope --split random --n 300 --var --out out/pope
+    sinklens eval pope --data coco_pope_random.json --images val2014/ --batch-size 8 --out out/pope
+    sinklens eval vqa --data questions.jsonl --images images/ --out out/vqa
     sinklens discover-sink-dims --out out/dims
     sinklens explore --image scene.png --prompt "Describe the image." --out out/explore
 
@@ -172,7 +174,7 @@ def _parser() -> argparse.ArgumentParser:
     pope = benchmarks.add_parser("pope", help="POPE-style yes/no object probing on held-out synthetic scenes")
     _add_model(pope)
     pope.add_argument("--split", choices=("random", "popular", "adversarial"), default="random")
-    pope.add_argument("--n", type=int, default=300, help="number of questions (default: 300)")
+    pope.add_argument("--n", type=int, default=None, help="number of questions (default: 300; with --data: all)")
     _add_stack(pope, var_default=False)
     pope.add_argument("--vcd", action="store_true", help="visual contrastive decoding (with --var: VAR in both passes)")
     pope.add_argument("--vcd-alpha", type=float, default=1.0, help="VCD contrast strength (default: 1)")
@@ -180,6 +182,8 @@ def _parser() -> argparse.ArgumentParser:
     pope.add_argument("--max-new-tokens", type=int, default=3)
     pope.add_argument("--restart", action="store_true", help="discard a previous run in --out instead of resuming it")
     pope.add_argument("--out", required=True, type=Path, help="folder for pope.jsonl (one line per example) and pope.json")
+    _add_eval_data(pope, "a POPE question file as its authors publish it (JSON lines: question_id, image, text, label)")
+    _add_vqa(benchmarks)
 
     captions = benchmarks.add_parser("captions", help="caption accuracy per attribute on held-out synthetic scenes")
     _add_model(captions)
@@ -187,6 +191,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_stack(captions, var_default=False)
     captions.add_argument("--max-new-tokens", type=int, default=48)
     captions.add_argument("--out", required=True, type=Path, help="folder for captions.json")
+    captions.add_argument("--batch-size", type=int, default=1, help="scenes per forward pass (default: 1)")
 
     discover = commands.add_parser("discover-sink-dims", help="find the sink dimensions of a model from data")
     _add_model(discover)
@@ -208,6 +213,84 @@ def _parser() -> argparse.ArgumentParser:
                        help="a tiny-* built-in: draw the demo scene whose white blocks it turns into visual sinks")  # fmt: skip
     scene.add_argument("--out", required=True, type=Path)
     return parser
+
+
+def _add_eval_data(command: argparse.ArgumentParser, what: str, *, required: bool = False) -> None:
+    """--data, --images, --suffix and --batch-size of `eval pope` and `eval vqa`."""
+    command.add_argument("--data", type=Path, required=required, default=None,
+                         help=what + ("" if required else "; default: the synthetic benchmark"))  # fmt: skip
+    command.add_argument("--images", type=Path, default=None, help="the folder --data's image paths are relative to")
+    command.add_argument("--suffix", default=None,
+                         help="with --data: the line appended to each question (default: LLaVA-1.5's "
+                              "'Answer the question using a single word or phrase.'; '' for none)")  # fmt: skip
+    command.add_argument("--batch-size", type=int, default=1,
+                         help="questions per forward pass, left-padded (default: 1; answers do not depend on it)")  # fmt: skip
+
+
+def _add_vqa(benchmarks: Any) -> None:
+    vqa = benchmarks.add_parser("vqa", help="a VQA file of your own: yes/no, multiple-choice and short answers")
+    _add_model(vqa)
+    _add_eval_data(vqa, "JSON lines: image, question, answer, optional choices (answer = letter) and id", required=True)
+    vqa.add_argument("--choice-suffix", default=None,
+                     help="the line after a multiple-choice question's options (default: LLaVA-1.5's "
+                          "'Answer with the option's letter from the given choices directly.')")  # fmt: skip
+    vqa.add_argument("--n", type=int, default=None, help="the first n questions (default: all)")
+    _add_stack(vqa, var_default=False)
+    vqa.add_argument("--max-new-tokens", type=int, default=10)
+    vqa.add_argument("--restart", action="store_true", help="discard a previous run in --out instead of resuming it")
+    vqa.add_argument("--out", required=True, type=Path, help="folder for vqa.jsonl (one line per question) and vqa.json")
+
+
+def _eval_params(args: argparse.Namespace, lm: Any, find: Any) -> dict[str, Any]:
+    """The stack's parameters as the run used them: VAR's only when VAR is on (they change nothing otherwise)."""
+    params = _params(args, lm, find)
+    if not args.var:
+        for key in ("rho", "p", "summ"):
+            params.pop(key, None)
+    return params
+
+
+def _open_eval_folder(args: argparse.Namespace, kind: str) -> Any:
+    """Check --n and --batch-size, and lock --out (a busy folder is refused at once, before the model loads)."""
+    from sinklens.eval.folder import RunFolder
+    from sinklens.eval.pope import check_batch_size
+
+    check_batch_size(args.batch_size)
+    if args.n is not None and args.n < 1:
+        raise ParameterError(f"--n must be >= 1, got {args.n}")
+    if args.data is None and (args.images is not None or args.suffix is not None):
+        raise ParameterError("--images and --suffix go with --data (a question file); without --data the "
+                             "benchmark is synthetic")  # fmt: skip
+    folder = RunFolder(args.out, kind)
+    folder.lock()
+    if args.restart:
+        folder.restart()
+    return folder
+
+
+def eval_vqa(args: argparse.Namespace) -> dict[str, Any]:
+    from sinklens.backends.nnsight_backend import NnsightRunner
+    from sinklens.eval.vqa import evaluate_vqa, load_questions
+    from sinklens.models import load
+
+    stack = _stack(args, with_var=args.var)  # check parameters before loading anything
+    _check_new_tokens(args)
+    _check_dims_sign(args)
+    _check_out_folder(args.out)
+    _check_model(args)
+    questions = load_questions(args.data, args.images, args.n)  # the whole file and every image, checked now
+    folder = _open_eval_folder(args, "vqa")
+    try:
+        lm = load(args.model)
+        _check_dims_width(args, lm)
+        _check_context(lm, 0, args.max_new_tokens)
+        return evaluate_vqa(
+            lm, NnsightRunner(lm), data=args.data, images=args.images, out=folder, interventions=stack,
+            max_new_tokens=args.max_new_tokens, suffix=args.suffix, choice_suffix=args.choice_suffix,
+            batch_size=args.batch_size, questions=questions, settings={"params": _eval_params(args, lm, stack[0])},
+        )  # fmt: skip
+    finally:
+        folder.unlock()
 
 
 def _stack(args: argparse.Namespace, *, with_var: bool) -> list[Any]:
@@ -376,21 +459,25 @@ def eval_pope(args: argparse.Namespace) -> dict[str, Any]:
         from sinklens.interventions import VCD
 
         stack.append(VCD(alpha=args.vcd_alpha, beta=args.vcd_beta))
-    if args.n < 1:
-        raise ParameterError(f"--n must be >= 1 (the number of questions), got {args.n}")
     _check_new_tokens(args)
     _check_dims_sign(args)
     _check_out_folder(args.out)
     _check_model(args)
-    if args.restart:
-        pope.restart(args.out)
-    lm = load(args.model)
-    _check_dims_width(args, lm)
-    _check_context(lm, 0, args.max_new_tokens)
-    return pope.evaluate_pope(
-        lm, NnsightRunner(lm), split=args.split, n=args.n, out=args.out, interventions=stack,
-        max_new_tokens=args.max_new_tokens, settings={"params": _params(args, lm, stack[0])},
-    )  # fmt: skip
+    items = None
+    if args.data is not None:  # the whole file and every image, checked before anything is locked or loaded
+        items = pope.file_items(args.data, args.images, args.n, suffix=args.suffix)
+    folder = _open_eval_folder(args, "pope")
+    try:
+        lm = load(args.model)
+        _check_dims_width(args, lm)
+        _check_context(lm, 0, args.max_new_tokens)
+        return pope.evaluate_pope(
+            lm, NnsightRunner(lm), split=args.split, n=args.n or 300, out=folder, interventions=stack,
+            max_new_tokens=args.max_new_tokens, settings={"params": _eval_params(args, lm, stack[0])},
+            data=args.data, images=args.images, suffix=args.suffix, batch_size=args.batch_size, items=items,
+        )  # fmt: skip
+    finally:
+        folder.unlock()
 
 
 def eval_captions(args: argparse.Namespace) -> dict[str, Any]:
@@ -401,6 +488,9 @@ def eval_captions(args: argparse.Namespace) -> dict[str, Any]:
     stack = _stack(args, with_var=args.var)
     if args.n < 1:
         raise ParameterError(f"--n must be >= 1, got {args.n}")
+    from sinklens.eval.pope import check_batch_size
+
+    check_batch_size(args.batch_size)
     _check_new_tokens(args)
     _check_dims_sign(args)
     _check_out_folder(args.out)
@@ -408,7 +498,8 @@ def eval_captions(args: argparse.Namespace) -> dict[str, Any]:
     lm = load(args.model)
     _check_dims_width(args, lm)
     _check_context(lm, 0, args.max_new_tokens)
-    result = evaluate_captions(lm, NnsightRunner(lm), n=args.n, interventions=stack, max_new_tokens=args.max_new_tokens)
+    result = evaluate_captions(lm, NnsightRunner(lm), n=args.n, interventions=stack, max_new_tokens=args.max_new_tokens,
+                               batch_size=args.batch_size)  # fmt: skip
     result["params"] = _params(args, lm, stack[0])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "captions.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -497,6 +588,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = eval_captions(args)
             print(json.dumps({k: round(v, 3) for k, v in result["accuracy"].items()}))
             print(f"captions and scores written to {args.out / 'captions.json'}")
+        elif args.command == "eval" and args.benchmark == "vqa":
+            result = eval_vqa(args)
+            print(json.dumps({"accuracy": round(result["accuracy"], 4), "n": result["n"],
+                              **{k: round(v["accuracy"], 4) for k, v in result["per_type"].items()}}))  # fmt: skip
+            print(f"metrics written to {args.out / 'vqa.json'}")
         elif args.command == "eval":
             result = eval_pope(args)
             print(json.dumps({k: result[k] for k in ("accuracy", "precision", "recall", "f1", "yes_ratio", "n")}))

@@ -4,6 +4,16 @@ Each study is `python studies/NAME.py --model MODEL --out DIR [--n N] [--smoke] 
 and writes `DIR/NAME.png` and `DIR/NAME.json` (the numbers the figure draws,
 with the model, the layers and n). `--smoke` runs a tiny version for CI.
 
+Prompts are held-out synthetic scenes unless `--images DIR` gives a folder of the
+user's images (the first n, sorted by name); `--question` is the question
+template (`{object}` names a scene's first object, synthetic scenes only).
+POPE-scored studies also take `--data FILE --images DIR` (a POPE file as its
+authors publish it), `--batch-size N` and `--runs DIR`: each setting's rows go to
+a folder of their own under DIR named by the setting's hash, so a study resumes,
+and studies sharing DIR share identical settings (the baseline) instead of
+recomputing them. Two settings on the same examples are compared with a paired
+bootstrap CI and McNemar's exact test (`sinklens.eval.stats`).
+
     args = parse_args("fig1_attention_maps", "Text-to-image attention drawn over the image.", n=4, smoke_n=2)
     study = Study.start(args)                  # loads the model (toy-llava by default), makes the runner
     for index, image, question in study.prompts():
@@ -14,6 +24,7 @@ with the model, the layers and n). `--smoke` runs a tiny version for CI.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import time
@@ -24,6 +35,7 @@ from typing import Any
 
 import torch
 
+from sinklens.data.pope import pope as pope_questions
 from sinklens.data.questions import presence
 from sinklens.data.scenes import scene
 from sinklens.errors import ParameterError
@@ -36,28 +48,121 @@ PAPER_MAP_LAYERS = (10, 12)
 PAPER_LAYERS = 32
 
 
-def parse_args(name: str, description: str, *, n: int, smoke_n: int, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """`--model`, `--out`, `--n` (default `n`; `smoke_n` under `--smoke`), `--smoke`, `--seed`, `--tau`, `--remote`."""
+def _tau(text: str) -> float | str:
+    if text == "visual":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--tau takes a number or 'visual', got {text!r}") from None
+
+
+SCENE_QUESTION = "Is there a {object} in the image? Answer yes or no."
+IMAGES_QUESTION = "Describe the image."
+
+
+def parse_args(name: str, description: str, *, n: int, smoke_n: int, argv: Sequence[str] | None = None,
+               scored: bool = False, extra: Any = None) -> argparse.Namespace:  # fmt: skip
+    """`--model`, `--out`, `--n` (default `n`; `smoke_n` under `--smoke`), `--smoke`, `--seed`, `--tau`, `--remote`,
+    `--images`, `--question`; with `scored` (POPE-scored studies) also `--data`, `--batch-size`, `--runs`.
+    `extra(parser)` adds a study's own options."""
     parser = argparse.ArgumentParser(prog=f"studies/{name}.py", description=description)
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"a built-in or a checkpoint (default {DEFAULT_MODEL})")
     parser.add_argument("--out", type=Path, required=True, help=f"folder for {name}.png and {name}.json")
     parser.add_argument("--n", type=int, default=None, help=f"prompts / POPE examples per setting (default {n}; {smoke_n} with --smoke)")
     parser.add_argument("--smoke", action="store_true", help="a tiny run for CI: few prompts, few settings")
     parser.add_argument("--seed", type=int, default=0, help="seed of random draws (random ablation, random tokens)")
-    parser.add_argument("--tau", type=float, default=None,
-                        help="sink threshold on phi (default: the model's registered one, else the paper's 20)")
+    parser.add_argument("--tau", type=_tau, default=None,
+                        help="sink threshold on phi (default: the model's registered one, else the paper's 20); "
+                             "'visual': the model's registered visual-sink threshold (sinklens.models.sink_dims)")
     parser.add_argument("--remote", choices=REMOTE_MODES, default="off",
                         help="off: run here; local: nnsight's local simulation of a remote request; "
                              "ndif: run on NDIF's deployment of --model (a hub id; needs an API key)")  # fmt: skip
+    parser.add_argument("--images", type=Path, default=None,
+                        help="a folder of your images: the study's prompts use its first n (sorted by name) "
+                             "instead of synthetic scenes" + ("; with --data, the folder the file's images are in" if scored else ""))  # fmt: skip
+    parser.add_argument("--question", default=None,
+                        help=f"question template (default {SCENE_QUESTION!r} on scenes, {IMAGES_QUESTION!r} with "
+                             "--images; {object} = a scene's first object)")  # fmt: skip
+    if scored:
+        parser.add_argument("--data", type=Path, default=None,
+                            help="a POPE question file as published (JSON lines: question_id, image, text, label); "
+                                 "needs --images. Default: the synthetic POPE")  # fmt: skip
+        parser.add_argument("--suffix", default=None,
+                            help="with --data: the line appended to each question (default: LLaVA-1.5's "
+                                 "'Answer the question using a single word or phrase.'; '' for none)")  # fmt: skip
+        parser.add_argument("--batch-size", type=int, default=1, help="POPE questions per forward pass (default 1)")
+        parser.add_argument("--runs", type=Path, default=None,
+                            help="folder of the per-setting POPE rows (default OUT/pope_runs); share it between studies "
+                                 "to reuse identical settings")  # fmt: skip
+    if extra is not None:
+        extra(parser)
     args = parser.parse_args(argv)
     if args.n is None:
         args.n = smoke_n if args.smoke else n
     if args.n < 1:
         raise ParameterError(f"--n must be >= 1, got {args.n}")
-    if args.tau is not None and not args.tau > 0:
+    if args.tau == "visual":
+        from sinklens.models.sink_dims import known_sink_dims
+
+        entry = known_sink_dims(args.model)
+        if entry is None or entry.visual_tau is None:
+            raise ParameterError(f"--tau visual: {args.model} has no registered visual-sink threshold; give a number")
+        args.tau, args.tau_rule = entry.visual_tau, f"visual ({entry.visual_tau_reason})"
+    elif args.tau is not None and not args.tau > 0:
         raise ParameterError(f"--tau must be > 0, got {args.tau}")
     args.name = name
+    check_sources(args, scored)
     return args
+
+
+def check_sources(args: argparse.Namespace, scored: bool) -> None:
+    """Check --images, --data and --question before any model loads (every image is opened once)."""
+    from sinklens.data.files import image_files
+    from sinklens.eval.pope import check_batch_size, file_items
+
+    data = getattr(args, "data", None)
+    if scored:
+        check_batch_size(args.batch_size)
+    if args.question is None:
+        args.question = IMAGES_QUESTION if args.images is not None else SCENE_QUESTION
+    elif not args.question.strip():
+        raise ParameterError("--question is empty; give the question to ask about each image")
+    try:
+        args.question.format(object="circle")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ParameterError(f"--question {args.question!r} is not a template with only {{object}} in braces ({e})") from None
+    if args.images is not None and "{object}" in args.question:
+        raise ParameterError("--question uses {object}, which only synthetic scenes know; with --images ask a plain question")
+    args.image_files = image_files(args.images, args.n) if args.images is not None else None
+    if args.image_files is not None and data is None and len(args.image_files) < args.n:
+        raise ParameterError(f"--n {args.n} but --images {args.images} holds {len(args.image_files)} images; "
+                             f"use --n {len(args.image_files)} or add images")  # fmt: skip
+    args.items = None
+    if data is not None:
+        if args.images is None:
+            raise ParameterError("--data needs --images DIR, the folder its images are in")
+        args.items = file_items(data, args.images, args.n, suffix=args.suffix)  # the whole file, checked now
+        if len(args.items) < args.n:
+            raise ParameterError(f"--n {args.n} but {data} has {len(args.items)} questions; use --n {len(args.items)} or less")
+
+
+@dataclass(frozen=True)
+class UserImage:
+    """An image of the user's (from --images): it draws itself like a scene, but knows no objects."""
+
+    path: Path
+    objects: tuple = ()
+    background: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def image(self) -> Any:
+        from sinklens.data.files import open_image
+
+        return open_image(self.path, where=f"--images {self.path.parent}")
 
 
 def map_layers(n_layers: int) -> tuple[int, ...]:
@@ -81,6 +186,7 @@ class Study:
     loaded: Any
     runner: Runner
     started: float = field(default_factory=time.time)
+    _correct: dict[tuple[str, str], list[bool]] = field(default_factory=dict)
 
     @classmethod
     def start(cls, args: argparse.Namespace) -> Study:
@@ -111,27 +217,98 @@ class Study:
     def name(self) -> str:
         return self.args.name
 
+    def prompt(self, index: int) -> tuple[Any, str, Any]:
+        """(source, question, inputs) of prompt `index`: a held-out scene, or the index-th image of --images."""
+        files = getattr(self.args, "image_files", None)
+        template = getattr(self.args, "question", None) or SCENE_QUESTION
+        if files is not None:
+            source: Any = UserImage(files[index])
+            question = template
+        else:
+            source = scene("heldout", index)
+            question = template.format(object=source.objects[0].shape)
+        return source, question, self.loaded.prepare(source.image(), question)
+
     def prompts(self, n: int | None = None, desc: str | None = None) -> Iterator[tuple[int, Any, str, Any]]:
-        """(scene index, scene, question, inputs) for the first `n` held-out scenes, with a progress bar."""
+        """(index, source, question, inputs) for the first `n` prompts, with a progress bar.
+
+        The source is a held-out `Scene`, or a `UserImage` under --images (its `objects` are empty).
+        """
         from tqdm.auto import tqdm
 
         for index in tqdm(range(n or self.args.n), desc=desc or self.name):
-            s, question = scene_prompt(index)
-            yield index, s, question, self.loaded.prepare(s.image(), question)
+            yield index, *self.prompt(index)
+
+    def source_name(self, source: Any, index: int) -> str:
+        """"scene 3" or the image's file name, for titles."""
+        return source.name if isinstance(source, UserImage) else f"scene {index}"
 
     def title(self, what: str, layers: str | None = None) -> str:
         """`MODEL: what, layers ...`, for figure titles (`layers` is the whole phrase: "layers 9-11")."""
         where = f", {layers}" if layers else ""
-        return f"{self.loaded.name} (tau = {self.tau:g}): {what}{where}"
+        images = getattr(self.args, "images", None)
+        data = getattr(self.args, "data", None)
+        shown = f" [{data.name}]" if data is not None else f" [{images.name or images}/]" if images is not None else ""
+        return f"{self.loaded.name}{shown} (tau = {self.tau:g}): {what}{where}"
+
+    @property
+    def questions(self) -> str:
+        """What the POPE-scored settings are asked: the synthetic split's name, or the --data file's."""
+        data = getattr(self.args, "data", None)
+        return Path(data).name if data is not None else ""
 
     def pope(self, label: str, split: str, n: int, interventions: Sequence[Any] = ()) -> dict[str, Any]:
-        """POPE metrics of one setting, through the resumable `evaluate_pope` (rows under OUT/NAME_pope/)."""
-        from sinklens.eval.pope import evaluate_pope
+        """POPE metrics of one setting, through the resumable `evaluate_pope`.
 
-        out = self.args.out / f"{self.name}_pope" / label / split
-        result = evaluate_pope(self.loaded, self.runner, split=split, n=n, out=out, interventions=list(interventions))
+        The rows go to RUNS/SPLIT/LABEL-HASH (RUNS: --runs, default OUT/pope_runs; HASH: the
+        setting's model, questions, stack and decoding), so an identical setting is computed once.
+        With --data the questions are the file's first n, whatever `split` says.
+        """
+        from sinklens.eval.pope import evaluate_pope, describe_stack
+
+        data = getattr(self.args, "data", None)
+        items = getattr(self.args, "items", None)
+        where = f"file-{Path(data).stem}" if data is not None else split
+        key = json.dumps({"model": self.loaded.name, "questions": str(Path(data).resolve()) if data else split,
+                          "suffix": getattr(self.args, "suffix", None), "stack": describe_stack(interventions)})  # fmt: skip
+        digest = hashlib.sha256(key.encode()).hexdigest()[:10]
+        runs = getattr(self.args, "runs", None) or self.args.out / "pope_runs"
+        out = runs / where / f"{label}-{digest}"
+        from sinklens.eval.folder import RunFolder
+
+        with RunFolder(out, "pope", wait=True) as folder:  # another study on the same runs folder: wait for its rows
+            result = evaluate_pope(
+                self.loaded, self.runner, split=split, n=n, out=folder, interventions=list(interventions), data=data,
+                images=self.args.images if data is not None else None, suffix=getattr(self.args, "suffix", None),
+                batch_size=getattr(self.args, "batch_size", 1), items=items[:n] if items is not None else None,
+            )  # fmt: skip
         keep = ("accuracy", "precision", "recall", "f1", "yes_ratio", "n")
-        return {"setting": label, "split": split, **{k: result[k] for k in keep}}
+        from sinklens.eval.pope import correct
+
+        ids = [e.id for e in pope_questions(split, n)] if data is None else [item.id for item in items[:n]]
+        self._correct[(label, where)] = [correct(out, ids)[i] for i in ids]
+        return {"setting": label, "split": where, "rows": str(out.relative_to(runs)), **{k: result[k] for k in keep}}
+
+    def compare(self, a: str, b: str, split: str) -> dict[str, Any]:
+        """Setting `b` against setting `a` (labels given to `pope`) on the same examples: paired CI and McNemar p."""
+        from sinklens.eval.stats import paired
+
+        where = f"file-{Path(self.args.data).stem}" if getattr(self.args, "data", None) is not None else split
+        return {"a": a, "b": b, "split": where,
+                **paired(self._correct[(a, where)], self._correct[(b, where)], seed=self.args.seed)}  # fmt: skip
+
+    def prompt_source(self) -> dict[str, Any]:
+        """Where the prompts came from, for the JSON: scenes or --images, --data, the question template, the chat template."""
+        from sinklens.eval.pope import prompt_template
+
+        images = getattr(self.args, "images", None)
+        data = getattr(self.args, "data", None)
+        return {
+            "images": str(images) if images is not None else "synthetic held-out scenes",
+            "question": getattr(self.args, "question", None),
+            "data": str(data) if data is not None else None,
+            "prompt_template": prompt_template(self.loaded),
+        }
 
     def finish(self, figure: Any, data: dict[str, Any]) -> dict[str, Any]:
         """Write NAME.png and NAME.json (with the model, n, smoke and the wall time); close the figure."""
@@ -149,7 +326,9 @@ class Study:
             "n_layers": self.loaded.n_layers,
             "sink_dims": list(self.loaded.sink_dims or ()),
             "tau": self.tau,
+            "tau_rule": getattr(self.args, "tau_rule", "--tau" if self.args.tau is not None else "model default"),
             "remote": getattr(self.args, "remote", "off"),
+            "prompts": self.prompt_source(),
             **data,
             "seconds": round(time.time() - self.started, 1),
         }
@@ -186,13 +365,13 @@ def overlay(ax: Any, image: Any, grid: torch.Tensor, *, sinks: torch.Tensor | No
     """Draw a `[row, col]` attention grid over the image (bilinear), with sink cells marked by white crosses."""
     import numpy as np
 
-    side = image.size[0]
+    width, height = image.size
     rows, cols = grid.shape
     ax.imshow(image)
-    shown = ax.imshow(grid.float().numpy(), cmap="jet", alpha=0.5, extent=(0, side, side, 0), interpolation="bilinear")
+    shown = ax.imshow(grid.float().numpy(), cmap="jet", alpha=0.5, extent=(0, width, height, 0), interpolation="bilinear")
     if sinks is not None and sinks.any():
         r, c = np.nonzero(sinks.numpy())
-        ax.scatter((c + 0.5) * side / cols, (r + 0.5) * side / rows, marker="x", s=18, c="white", linewidths=1.0)
+        ax.scatter((c + 0.5) * width / cols, (r + 0.5) * height / rows, marker="x", s=18, c="white", linewidths=1.0)
     ax.set_title(title, fontsize=8)
     ax.set_xticks([])
     ax.set_yticks([])

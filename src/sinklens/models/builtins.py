@@ -42,6 +42,9 @@ class BuiltIn:
     sink_dims_source: str  # starts "planted" or "measured here", as every sink_dims.KNOWN entry
     tau: float | None = None  # the model's default sink threshold, when it is not the paper's 20
     tau_reason: str | None = None
+    # the threshold at which image tokens pass as a few high-attention outliers, when it is not `tau`
+    visual_tau: float | None = None
+    visual_tau_reason: str | None = None
     # (tile name, row, col) of every visual sink the planted weights make on `scene`; empty when
     # the sinks are learnt, not planted
     visual_sinks: tuple[Cell, ...] = ()
@@ -82,6 +85,14 @@ BUILTIN_MODELS: tuple[BuiltIn, ...] = (
             "no image token reaches 20 (at most 18.0 in 8 prompts); the width-relative 0.3125 * 24 = 7.5 "
             "marks 89 of 100 image tokens and "
             "34 text tokens per layer (docs/toy-llava.md, 'tau')"
+        ),
+        visual_tau=16.0,
+        visual_tau_reason=(
+            "measured by studies/toy_llava_sinks.py on 40 held-out scenes (docs/toy-llava/toy_llava_sinks*.json): "
+            "no image token reaches 20 in any layer; at 16, 3.1 and 6.2 image tokens per scene (3-6%) pass in "
+            "layers 23-24 and take 26% and 36% of the text-to-image attention, fewer than 0.6 per scene "
+            "elsewhere; at 12, 21-70% of the image tokens pass in layers 19-24, no longer a few outliers. "
+            "16 is the threshold at which image tokens pass as a few high-attention outliers"
         ),
     ),
     # random weights with planted sinks, one per architecture: tests of the mechanics

@@ -20,12 +20,19 @@ from sinklens.models.builtins import BUILTIN_MODELS
 
 @dataclass(frozen=True)
 class SinkDims:
-    """Known sink dimensions; `tau` is the model's default sink threshold when it is not the paper's 20."""
+    """Known sink dimensions; `tau` is the model's default sink threshold when it is not the paper's 20.
+
+    `visual_tau` is, for a model whose image tokens never reach the default, the
+    threshold at which a few image tokens stand out as sinks, with the measurement
+    that chose it (`visual_tau_reason`); the studies run at it with `--tau visual`.
+    """
 
     dims: tuple[int, ...]
     source: str
     tau: float | None = None
     tau_reason: str | None = None
+    visual_tau: float | None = None
+    visual_tau_reason: str | None = None
 
 
 _LLAMA2_7B = "cited: LLaMA-2-7B massive activations (Sun et al. 2024, arXiv 2402.17762; Kang et al. 2025)"
@@ -42,7 +49,8 @@ _INTERNLM2 = (
 
 KNOWN: dict[str, SinkDims] = {
     **{
-        record.name: SinkDims(record.sink_dims, record.sink_dims_source, record.tau, record.tau_reason)
+        record.name: SinkDims(record.sink_dims, record.sink_dims_source, record.tau, record.tau_reason,
+                              record.visual_tau, record.visual_tau_reason)
         for record in BUILTIN_MODELS
     },
     "llava-hf/llava-1.5-7b-hf": SinkDims((1415, 2533), _LLAMA2_7B),
