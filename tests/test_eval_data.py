@@ -338,7 +338,7 @@ def test_an_out_that_is_a_file_is_refused_before_loading(tmp_path, capsys):
     target = tmp_path / "file"
     target.write_text("x")
     assert main(["eval", "pope", "--model", "no-such-model-is-loaded", "--out", str(target)]) == 2
-    assert "is a file, not a folder" in capsys.readouterr().err
+    assert "is an existing file; give a folder" in capsys.readouterr().err
 
 
 # --- statistics ----------------------------------------------------------------------------------

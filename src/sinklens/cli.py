@@ -277,8 +277,8 @@ def eval_vqa(args: argparse.Namespace) -> dict[str, Any]:
     _check_new_tokens(args)
     _check_dims_sign(args)
     _check_out_folder(args.out)
-    _check_model(args)
     questions = load_questions(args.data, args.images, args.n)  # the whole file and every image, checked now
+    _check_model(args)
     folder = _open_eval_folder(args, "vqa")
     try:
         lm = load(args.model)
@@ -462,10 +462,10 @@ def eval_pope(args: argparse.Namespace) -> dict[str, Any]:
     _check_new_tokens(args)
     _check_dims_sign(args)
     _check_out_folder(args.out)
-    _check_model(args)
     items = None
     if args.data is not None:  # the whole file and every image, checked before anything is locked or loaded
         items = pope.file_items(args.data, args.images, args.n, suffix=args.suffix)
+    _check_model(args)
     folder = _open_eval_folder(args, "pope")
     try:
         lm = load(args.model)

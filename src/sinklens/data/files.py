@@ -24,6 +24,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from sinklens.data.answers import normalize_answer
 from sinklens.errors import SinklensError
 
 LETTERS = string.ascii_uppercase
@@ -172,8 +173,6 @@ def read_vqa(path: Path | str, images: Path | str | None) -> list[Question]:
                     raise DataFileError(f"{path}:{number}: field 'answer' as a list must hold non-empty strings, got {json.dumps(answer)}")
                 answer = tuple(answer)
             references = answer if isinstance(answer, tuple) else (answer,)
-            from sinklens.data.vqa import normalize_answer
-
             yes_no = all(normalize_answer(a) in ("yes", "no") for a in references)
             kind = "yes_no" if yes_no else "short"
         _check_image(folder / image, where=f"{path}:{number}")

@@ -23,6 +23,7 @@ One evaluation (`kind`, e.g. "pope" or "vqa") keeps four files in its folder:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -88,6 +89,7 @@ class RunFolder:
         self.metrics_path = self.out / f"{kind}.json"
         self.lock_path = self.out / f"{kind}.lock"
         self._lock_fd: int | None = None
+        self._made_folder = False
         self._settings: dict[str, Any] | None = None
 
     # --- the lock ---------------------------------------------------------------------------
@@ -109,12 +111,15 @@ class RunFolder:
             return
         if self.out.exists() and not self.out.is_dir():
             raise FolderError(f"--out {self.out} is a file, not a folder; give a folder path")
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise FolderError(f"cannot write to {self.out} ({e.strerror}); give a folder you can write to") from e
-        if fcntl is not None:
+        self._made_folder = not self.out.exists()
+        while True:
+            try:
+                self.out.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise FolderError(f"cannot write to {self.out} ({e.strerror}); give a folder you can write to") from e
+            if fcntl is None:
+                break
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX if self.wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -124,15 +129,28 @@ class RunFolder:
                     f"{self.out} is in use by another {self.kind} run (pid {holder}); wait for it to finish, "
                     f"or give another --out folder"
                 ) from None
+            try:  # the holder before us may have removed the lock file (a run that wrote nothing): lock anew
+                if os.stat(self.lock_path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
 
     def unlock(self) -> None:
+        """Release the lock; a run that wrote nothing leaves no trace (no lock file, no folder it made)."""
         if self._lock_fd is None:
             return
+        wrote_nothing = [path.name for path in self.out.iterdir()] == [self.lock_path.name]
+        if wrote_nothing:
+            self.lock_path.unlink(missing_ok=True)  # still held: a waiting run sees the inode change and relocks
         os.close(self._lock_fd)  # closing the descriptor releases the flock
         self._lock_fd = None
+        if wrote_nothing and self._made_folder:
+            with contextlib.suppress(OSError):
+                self.out.rmdir()
 
     def _require_lock(self, what: str) -> None:
         if not self.locked:
