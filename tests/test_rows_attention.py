@@ -188,3 +188,26 @@ def test_named_operations_are_live_and_hold_eagers_rows(both_routes):
     assert_close(rows_pattern, pattern[:, :, first:], atol=1e-6, rtol=1e-5)
     with torch.no_grad():
         assert max_diff(edited, eager.model(**inputs).logits) > 1e-3  # the edit flowed into the output
+
+
+# ---- loading ------------------------------------------------------------------------------------
+
+
+def test_load_takes_the_rows_route_and_from_hf_recognises_it():
+    from sinklens.models.loading import from_hf
+
+    lm = load("tiny-qwen2-vl", attention="rows")
+    assert lm.attention == "rows"
+    assert lm.text_config._attn_implementation == ROWS
+    assert lm.config.vision_config._attn_implementation == "sdpa"
+    assert from_hf(lm.model, lm.processor).attention == "rows"  # read off the model
+    assert from_hf(lm.model, lm.processor, attention="eager").attention == "eager"  # switched back
+    assert lm.text_config._attn_implementation == "eager"
+    assert load("tiny-llava").attention == "eager"
+
+
+def test_an_unknown_route_is_refused_before_loading():
+    from sinklens.errors import ParameterError
+
+    with pytest.raises(ParameterError, match="attention must be one of 'eager', 'rows', got 'sdpa'"):
+        load("no-such-model", attention="sdpa")
