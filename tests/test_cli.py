@@ -111,3 +111,10 @@ def test_a_checkpoint_without_known_sink_dims_exits_2_saying_how_to_find_them(tm
                  "--max-new-tokens", "2", "--out", str(tmp_path)]) == 2
     error = capsys.readouterr().err
     assert "no sink dimensions are known" in error and "discover-sink-dims" in error and "--sink-dims" in error
+
+
+def test_rows_route_cannot_go_to_ndif(scene_path, tmp_path, capsys):
+    args = ["run", "--model", "tiny-llava", "--image", str(scene_path), "--prompt", "what ?", "--out", str(tmp_path),
+            "--attention", "rows", "--remote", "ndif"]
+    assert main(args) == 2
+    assert "--attention rows needs sinklens' attention function next to the model" in capsys.readouterr().err

@@ -34,6 +34,23 @@ def _add_model(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--model", default=DEFAULT_MODEL, help=f"built-in name, hub id or local path (default: {DEFAULT_MODEL})"
     )
+    command.add_argument(
+        "--attention", choices=ATTENTION_CHOICES, default="eager",
+        help="eager (default): every layer's full attention pattern; rows: sdpa, with explicit attention only "
+        "for the rows the stack acts on (the same results, faster)",
+    )
+
+
+ATTENTION_CHOICES = ("eager", "rows")  # sinklens.models.loading.ATTENTION_ROUTES (not imported: --help stays fast)
+
+
+def _check_remote_attention(remote: str, attention: str) -> None:
+    """NDIF runs its own copy of the model with eager attention: the rows route runs only here."""
+    if remote == "ndif" and attention == "rows":
+        raise ParameterError(
+            "--attention rows needs sinklens' attention function next to the model, and NDIF runs its own "
+            "(eager): use --attention eager with --remote ndif, or --remote off/local with --attention rows"
+        )
 
 
 def _add_stack(command: argparse.ArgumentParser, *, var_default: bool) -> None:
@@ -171,13 +188,14 @@ def run(args: argparse.Namespace) -> Path:
     for path in args.image:
         if not path.is_file():
             raise FileNotFoundError(f"--image {path} does not exist; draw one with `sinklens draw-scene --out PATH`")
+    _check_remote_attention(args.remote, args.attention)
     if args.remote == "ndif":
         from sinklens.backends.remote import connect
 
         runner = connect(args.model)  # fails fast, naming what is missing: the API key, or the hosted models
         lm = runner.loaded
     else:
-        lm = load(args.model)
+        lm = load(args.model, attention=args.attention)
         runner = NnsightRunner(lm, remote="local" if args.remote == "local" else False)
     inputs = lm.prepare([Image.open(path) for path in args.image], args.prompt)
     base = runner.generate(inputs, [find], max_new_tokens=args.max_new_tokens)
@@ -216,7 +234,7 @@ def eval_pope(args: argparse.Namespace) -> dict[str, Any]:
         stack.append(VCD(alpha=args.vcd_alpha, beta=args.vcd_beta))
     if args.restart:
         pope.restart(args.out)
-    lm = load(args.model)
+    lm = load(args.model, attention=args.attention)
     return pope.evaluate_pope(
         lm, NnsightRunner(lm), split=args.split, n=args.n, out=args.out, interventions=stack,
         max_new_tokens=args.max_new_tokens, settings={"params": _params(args, lm, stack[0])},
@@ -231,7 +249,7 @@ def eval_captions(args: argparse.Namespace) -> dict[str, Any]:
     stack = _stack(args, with_var=args.var)
     if args.n < 1:
         raise ParameterError(f"--n must be >= 1, got {args.n}")
-    lm = load(args.model)
+    lm = load(args.model, attention=args.attention)
     result = evaluate_captions(lm, NnsightRunner(lm), n=args.n, interventions=stack, max_new_tokens=args.max_new_tokens)
     result["params"] = _params(args, lm, stack[0])
     args.out.mkdir(parents=True, exist_ok=True)
@@ -244,7 +262,7 @@ def discover_sink_dims(args: argparse.Namespace) -> dict[str, Any]:
     from sinklens.eval.discovery import discover, plot_discovery
     from sinklens.models import load
 
-    lm = load(args.model)
+    lm = load(args.model, attention=args.attention)
     result = discover(
         lm, NnsightRunner(lm), n_prompts=args.prompts, threshold=args.threshold,
         threshold_fraction=args.threshold_fraction, first_layer=args.first_layer,

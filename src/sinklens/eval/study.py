@@ -30,6 +30,7 @@ from sinklens.errors import ParameterError
 
 DEFAULT_MODEL = "toy-llava"
 REMOTE_MODES = ("off", "local", "ndif")
+ATTENTION_CHOICES = ("eager", "rows")  # sinklens.models.loading.ATTENTION_ROUTES
 # the paper's map layers (10-12 of LLaVA-1.5-7B's 32), at the same depth of other models
 PAPER_MAP_LAYERS = (10, 12)
 PAPER_LAYERS = 32
@@ -48,7 +49,15 @@ def parse_args(name: str, description: str, *, n: int, smoke_n: int, argv: Seque
     parser.add_argument("--remote", choices=REMOTE_MODES, default="off",
                         help="off: run here; local: nnsight's local simulation of a remote request; "
                              "ndif: run on NDIF's deployment of --model (a hub id; needs an API key)")  # fmt: skip
+    parser.add_argument("--attention", choices=ATTENTION_CHOICES, default="eager",
+                        help="eager (default): every layer's full pattern; rows: sdpa, with explicit attention "
+                             "only for the rows the study's stack acts on")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.remote == "ndif" and args.attention == "rows":
+        raise ParameterError(
+            "--attention rows needs sinklens' attention function next to the model, and NDIF runs its own "
+            "(eager): use --attention eager with --remote ndif, or --remote off/local with --attention rows"
+        )
     if args.n is None:
         args.n = smoke_n if args.smoke else n
     if args.n < 1:
@@ -92,7 +101,7 @@ class Study:
 
             runner = connect(args.model)  # fails fast, naming what is missing: the API key, or the hosted models
             return cls(args=args, loaded=runner.loaded, runner=runner)
-        loaded = sinklens.load(args.model)
+        loaded = sinklens.load(args.model, attention=getattr(args, "attention", "eager"))
         return cls(args=args, loaded=loaded, runner=sinklens.NnsightRunner(loaded, remote="local" if remote == "local" else False))
 
     def find_sinks(self, **kwargs: Any) -> Any:
