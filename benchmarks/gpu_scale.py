@@ -58,273 +58,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from sinklens.backends.nnsight_backend import attach, make_context, wrap
-from sinklens.interventions.base import RunContext
-from sinklens.interventions.sinks import FindSinks
-from sinklens.interventions.var import VAR
-from sinklens.models.loading import LoadedModel, from_hf
+from routes import (
+    FULL, SMOKE, Size, build_inputs, build_model, decode_arms, measure, prefill_arms, prefill_cache, routes, sinks_found,
+    summary, var_stack,
+)
 
-SEED = 0
-SINK_VALUE = 200.0
-N_TEXT_BEFORE = 4
-N_TEXT_AFTER = 70
-BOS, IMAGE_TOKEN, PAD = 1, 32000, 32001
-ARMS = ("plain_sdpa", "plain_eager", "var_eager", "var_rows")
 HALF_FACTOR = 2.0  # rows-vs-eager VAR difference allowed, as a multiple of plain sdpa-vs-eager
 FLOAT32_TOLERANCE = 1e-4
-# the inputs are token ids made here: no processor, no tokenizer (nnsight's wrapper accepts None)
-NO_PROCESSOR = SimpleNamespace(tokenizer=None)
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-@dataclass(frozen=True)
-class Size:
-    """The model's size: LLaVA-1.5-7B's, or a reduced one for a CPU smoke run."""
-
-    text_width: int = 4096
-    text_layers: int = 32
-    text_heads: int = 32
-    text_mlp: int = 11008
-    vocab: int = 32064
-    sink_dim: int = 2533  # a LLaMA-2-7B sink dimension; the BOS embedding gets SINK_VALUE there
-    tau: float = 20.0  # FindSinks' threshold (phi is at most sqrt(width))
-    vision_width: int = 1024
-    vision_layers: int = 24
-    vision_heads: int = 16
-    vision_mlp: int = 4096
-    projection_dim: int = 768
-
-
-FULL = Size()
-# the smoke size keeps the 336 px image (576 image tokens) and the prompt, shrinks widths and depth
-SMOKE = Size(text_width=64, text_layers=5, text_heads=4, text_mlp=128, vocab=32064, sink_dim=13, tau=4.0, vision_width=32,
-             vision_layers=1, vision_heads=2, vision_mlp=64, projection_dim=32)  # fmt: skip
-
-
-def llava_config(size: Size) -> Any:
-    """llava-1.5-7b's configuration (llava-hf/llava-1.5-7b-hf), at `size`."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
-
-    vision = CLIPVisionConfig(
-        hidden_size=size.vision_width, intermediate_size=size.vision_mlp, num_hidden_layers=size.vision_layers,
-        num_attention_heads=size.vision_heads, image_size=336, patch_size=14, projection_dim=size.projection_dim,
-        hidden_act="quick_gelu", layer_norm_eps=1e-5, vocab_size=32000,
-    )  # fmt: skip
-    text = LlamaConfig(
-        vocab_size=size.vocab, hidden_size=size.text_width, intermediate_size=size.text_mlp,
-        num_hidden_layers=size.text_layers, num_attention_heads=size.text_heads, num_key_value_heads=size.text_heads,
-        max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0, hidden_act="silu",
-        bos_token_id=BOS, eos_token_id=2, pad_token_id=PAD, tie_word_embeddings=False,
-    )  # fmt: skip
-    return LlavaConfig(
-        vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN, projector_hidden_act="gelu",
-        vision_feature_layer=-2, vision_feature_select_strategy="default", pad_token_id=PAD,
-    )  # fmt: skip
-
-
-def build_model(size: Size, dtype: torch.dtype, device: str) -> Any:
-    """Random weights (seeded) made directly on `device` in `dtype`, with the planted BOS sink; eager attention."""
-    from transformers import LlavaForConditionalGeneration
-
-    config = llava_config(size)
-    config._attn_implementation = "eager"
-    torch.manual_seed(SEED)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = LlavaForConditionalGeneration(config).eval()
-    finally:
-        torch.set_default_dtype(default)
-    with torch.no_grad():
-        model.model.language_model.embed_tokens.weight[BOS, size.sink_dim] = SINK_VALUE
-    return model
-
-
-def build_inputs(device: str, dtype: torch.dtype) -> dict[str, Tensor]:
-    generator = torch.Generator().manual_seed(SEED)
-
-    def text(n: int) -> list[int]:
-        return torch.randint(3, 31000, (n,), generator=generator).tolist()
-
-    ids = [BOS, *text(N_TEXT_BEFORE), *[IMAGE_TOKEN] * 576, *text(N_TEXT_AFTER)]
-    input_ids = torch.tensor([ids], device=device)
-    return {
-        "input_ids": input_ids,
-        "attention_mask": torch.ones_like(input_ids),
-        "pixel_values": torch.randn(1, 3, 336, 336, generator=generator).to(device=device, dtype=dtype),
-    }
-
-
-def var_stack(prefill: bool, size: Size) -> list[Any]:
-    var = VAR()
-    return [FindSinks(dims=(size.sink_dim,), tau=size.tau), var] if prefill else [var]
-
-
-# ---- arms -------------------------------------------------------------------------------------
-
-
-@dataclass
-class Route:
-    """One attention route over the shared weights: its LoadedModel and nnsight wrapper."""
-
-    name: str  # "sdpa", "eager" or "rows"
-    loaded: LoadedModel
-    nnsight_model: Any
-
-    def activate(self) -> None:
-        """Switch the shared model to this route (the routes take turns on one copy of the weights)."""
-        if self.name == "sdpa":
-            self.loaded.model.set_attn_implementation("sdpa")
-        else:
-            from_hf(self.loaded.model, NO_PROCESSOR, name=self.loaded.name, attention=self.name)
-
-
-def routes(model: Any) -> dict[str, Route]:
-    made = {}
-    for name in ("sdpa", "rows", "eager"):
-        loaded = from_hf(model, NO_PROCESSOR, name="llava-1.5-7b-config-random", attention="eager" if name == "sdpa" else name)
-        made[name] = Route(name, loaded, wrap(loaded))
-    return made
-
-
-@dataclass
-class Arm:
-    """What one arm runs: `activate` (untimed: switch the route), then `run` (timed)."""
-
-    route: Route
-    run: Callable[[], Tensor]
-
-
-ARM_ROUTES = {"plain_sdpa": "sdpa", "plain_eager": "eager", "var_eager": "eager", "var_rows": "rows"}
-
-
-def trace(route: Route, inputs: Mapping[str, Any], stack: list[Any], ctx: RunContext | None) -> Tensor:
-    with torch.no_grad(), route.nnsight_model.trace(**inputs):
-        if stack:
-            attach(route.nnsight_model, route.loaded, stack, inputs, ctx=ctx)
-        logits = route.nnsight_model.output.logits.save()
-    return logits
-
-
-def prefill_arms(made: dict[str, Route], inputs: dict[str, Tensor], size: Size) -> dict[str, Arm]:
-    def arm(name: str) -> Arm:
-        route = made[ARM_ROUTES[name]]
-
-        def run() -> Tensor:
-            if name.startswith("plain"):
-                return trace(route, inputs, [], None)
-            return trace(route, inputs, var_stack(True, size), make_context(route.loaded, inputs))
-
-        return Arm(route, run)
-
-    return {name: arm(name) for name in ARMS}
-
-
-def prefill_cache(route: Route, inputs: dict[str, Tensor], stack: list[Any]) -> tuple[RunContext, Any]:
-    """A prefill with use_cache=True on `route`: its context (sink sets) and the prompt's cache."""
-    route.activate()
-    ctx = make_context(route.loaded, inputs)
-    with torch.no_grad(), route.nnsight_model.trace(**inputs, use_cache=True):
-        if stack:
-            attach(route.nnsight_model, route.loaded, stack, inputs, ctx=ctx)
-        cache = route.nnsight_model.output.past_key_values.save()
-    return ctx, cache
-
-
-def decode_arms(made: dict[str, Route], inputs: dict[str, Tensor], size: Size) -> dict[str, Arm]:
-    """One token against the prompt's cache (each arm its own, made on its route), cropped back after each step."""
-    length = inputs["input_ids"].shape[1]
-    step_inputs = {
-        "input_ids": inputs["input_ids"][:, -1:].clone(),
-        "attention_mask": torch.ones(1, length + 1, dtype=torch.long, device=inputs["input_ids"].device),
-    }
-
-    def arm(name: str) -> Arm:
-        route = made[ARM_ROUTES[name]]
-        with_var = name.startswith("var")
-        ctx, cache = prefill_cache(route, inputs, var_stack(True, size) if with_var else [])
-        ctx.step = 1  # a generated token: VAR acts on it with the prompt's sink sets
-
-        def run() -> Tensor:
-            try:
-                step = {**step_inputs, "past_key_values": cache, "use_cache": True}
-                return trace(route, step, var_stack(False, size) if with_var else [], ctx)
-            finally:
-                extra = cache.get_seq_length() - length
-                if extra:
-                    cache.crop(-extra)
-
-        return Arm(route, run)
-
-    return {name: arm(name) for name in ARMS}
-
-
-# ---- measuring --------------------------------------------------------------------------------
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def measure(arms: dict[str, Arm], repeats: int, warmup: int, device: str) -> dict[str, Any]:
-    """Arms interleaved (order rotated every round): wall times, peak memory per arm, last logits."""
-    names = list(arms)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    peak: dict[str, int] = {name: 0 for name in names}
-    last: dict[str, Tensor] = {}
-    for round_ in range(warmup + repeats):
-        shift = round_ % len(names)
-        for name in names[shift:] + names[:shift]:
-            arms[name].route.activate()
-            if device.startswith("cuda"):
-                torch.cuda.reset_peak_memory_stats()
-            _sync(device)
-            start = time.perf_counter()
-            last[name] = arms[name].run()
-            _sync(device)
-            elapsed = time.perf_counter() - start
-            if device.startswith("cuda"):
-                peak[name] = max(peak[name], torch.cuda.max_memory_allocated())
-            if round_ >= warmup:
-                times[name].append(elapsed)
-    return {"times": times, "peak": peak, "last": last}
-
-
-def summary(measured: dict[str, Any], device: str) -> dict[str, Any]:
-    times = measured["times"]
-    out: dict[str, Any] = {
-        "seconds": {name: {"min": round(min(t), 5), "median": round(statistics.median(t), 5), "max": round(max(t), 5)}
-                    for name, t in times.items()},  # fmt: skip
-        "ratios": {
-            "var_rows_over_plain_sdpa": _ratios(times["var_rows"], times["plain_sdpa"]),
-            "var_eager_over_plain_eager": _ratios(times["var_eager"], times["plain_eager"]),
-            "var_rows_over_var_eager": _ratios(times["var_rows"], times["var_eager"]),
-        },
-        "repeats": len(times["plain_sdpa"]),
-    }
-    if device.startswith("cuda"):
-        out["max_memory_allocated_bytes"] = measured["peak"]
-    return out
-
-
-def _ratios(arm: list[float], base: list[float]) -> dict[str, float]:
-    paired = [a / b for a, b in zip(arm, base, strict=True)]
-    return {"of_minimums": round(min(arm) / min(base), 4), "min": round(min(paired), 4),
-            "median": round(statistics.median(paired), 4), "max": round(max(paired), 4)}  # fmt: skip
 
 
 def agreement(prefill: dict[str, Tensor], decode: dict[str, Tensor], dtype: torch.dtype) -> dict[str, Any]:
@@ -357,14 +107,10 @@ def agreement(prefill: dict[str, Tensor], decode: dict[str, Tensor], dtype: torc
     }
 
 
-def sinks_found(ctx: RunContext) -> dict[str, list[int]]:
-    return {str(layer): sinks[0].nonzero().flatten().tolist() for layer, sinks in sorted(ctx.sinks.items())}
-
-
 def run_dtype(
     model: Any, dtype: torch.dtype, device: str, repeats: int, decode_repeats: int, size: Size
 ) -> dict[str, Any]:
-    inputs = build_inputs(device, dtype)
+    inputs = build_inputs(size, device, dtype)
     made = routes(model)
     started = time.perf_counter()
     prefill = measure(prefill_arms(made, inputs, size), repeats, warmup=2, device=device)
@@ -398,7 +144,7 @@ def run(*, dtypes: list[str], device: str, smoke: bool, repeats: int, decode_rep
         "model": "LlavaForConditionalGeneration from llava-1.5-7b's configuration, random weights"
         + (" (smoke size: reduced widths and layers)" if smoke else ""),
         "size": asdict(size),
-        "prompt": {"tokens": 1 + N_TEXT_BEFORE + 576 + N_TEXT_AFTER, "image_tokens": 576, "text_after_image": N_TEXT_AFTER},
+        "prompt": {"tokens": 1 + 4 + size.image_tokens + 70, "image_tokens": size.image_tokens, "text_after_image": 70},
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else device,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "nnsight": nnsight.__version__},
         "dtypes": {},
