@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 OUT    ?= out/demo
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-fast bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,14 @@ demo: $(STAMP)
 	$(PY) -m sinklens run --model toy-llava --image $(OUT)/scene.png \
 		--prompt "Describe the image." --var --out $(OUT)
 
+# everything: oracles, both backends, remote simulation, notebooks, studies, CLI (about 10+ min)
 test: $(STAMP)
 	$(PY) -m pytest
+
+# the core for a newcomer: ops, run core, interventions, both backends on the tiny models; no test
+# marked slow (toy-llava, subprocesses, notebooks, studies)
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" -q
 
 bench: $(STAMP)
 	$(PY) benchmarks/var_overhead.py

@@ -38,7 +38,7 @@ def main(argv=None) -> dict:
     for _, _, _, inputs in study.prompts():
         ctx = study.runner.forward(inputs, [study.find_sinks(), contribution, sl.AttentionMaps(layers=layers)]).ctx
         image = ctx.image.mask.cpu()
-        queries = ctx.text_queries(inputs["input_ids"].shape[1])[:, int(ctx.image.text_start.min()):].cpu()
+        queries = ctx.text_queries(inputs["input_ids"].shape[1])[:, ctx.spec.text_from:].cpu()
         for l in layers:
             sinks = ctx.sinks[l].cpu() & image
             if not sinks.any():

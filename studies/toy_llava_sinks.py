@@ -52,8 +52,9 @@ class TextToImageAttention:
 
 
 def _read(pattern, ctx, *, layer):
-    queries = ctx.text_queries(pattern.shape[-2], pattern.device).float()  # [batch, query]
-    per_query = pattern.float().mean(1)  # [batch, query, key]
+    rows = ctx.query_rows(pattern)  # the text rows, however many rows the tensor holds
+    queries = rows.queries.float()  # [batch, query]
+    per_query = rows.of(pattern).float().mean(1)  # [batch, query, key]
     per_key = torch.einsum("bq,bqk->bk", queries, per_query) / queries.sum(-1, keepdim=True)
     ctx.records.setdefault("text_to_image", {})[layer] = per_key.cpu()
 

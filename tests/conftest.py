@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cache
 
 import pytest
 import torch
 
 from sinklens.models import load
+from sinklens.models.builtins import BUILTIN_MODELS
 from sinklens.models.loading import demo_scene
 from sinklens.models.tiny import draw_scene
 
@@ -19,25 +19,9 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "study: a study script of studies/ run in --smoke mode on toy-llava (part of every run)")
 
 
-@dataclass(frozen=True)
-class Arch:
-    """A tiny built-in and the visual sinks its planted weights make on its demo scene."""
-
-    name: str
-    visual_sinks: tuple[tuple[str, int, int], ...]  # (tile name, row, col) of each white block
-
-
-# Every tiny checkpoint the tests use, in one place.
-ARCHS = {
-    arch.name: arch
-    for arch in (
-        Arch("tiny-llava", (("image", 0, 0), ("image", 2, 2))),
-        Arch("tiny-llava-next", (("base", 0, 1), ("base", 3, 4), ("tiles", 0, 2), ("tiles", 0, 3), ("tiles", 3, 8), ("tiles", 3, 9))),
-        Arch("tiny-qwen2-vl", (("image", 0, 0), ("image", 2, 1))),
-        Arch("tiny-qwen2.5-vl", (("image", 0, 0), ("image", 2, 1))),
-        Arch("tiny-internvl", (("tile 0", 0, 0), ("tile 1", 2, 1))),
-    )
-}
+# Every tiny checkpoint the tests use: the planted built-ins, each with the visual sinks its demo
+# scene makes (`BuiltIn.visual_sinks`), from their records in sinklens/models/builtins.py.
+ARCHS = {record.name: record for record in BUILTIN_MODELS if record.planted}
 NEW_ARCHS = [name for name in ARCHS if name != "tiny-llava"]
 
 
@@ -140,3 +124,12 @@ def toy_runner(toy):
     from sinklens.backends.nnsight_backend import NnsightRunner
 
     return NnsightRunner(toy)
+
+
+def pytest_collection_modifyitems(items):
+    """Mark `slow` every test that runs toy-llava (its fixtures, or a "toy-llava" parameter): make test-fast skips them."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        parameters = [str(value) for value in callspec.params.values()] if callspec else []
+        if {"toy", "toy_runner"} & set(item.fixturenames) or "toy-llava" in parameters:
+            item.add_marker(pytest.mark.slow)

@@ -39,7 +39,7 @@ class _Refuse(importlib.abc.MetaPathFinder):
 def client(name: str) -> dict:
     import sinklens as sl
     from sinklens.backends.nnsight_backend import NnsightRunner
-    from sinklens.backends.remote import Simulation
+    from sinklens.testing import Simulation
     from sinklens.interventions.scan import SinkDimensionScan
     from sinklens.models.loading import demo_scene
 
@@ -66,7 +66,7 @@ def client(name: str) -> dict:
 
 
 def server(model, processor, blob: bytes) -> dict:
-    # sinklens.backends.remote.serve does this too, but here sinklens must not be importable
+    # sinklens.testing.serve does this too, but here sinklens must not be importable
     from nnsight import TransformersModel
     from nnsight.schema.request import RequestModel
     from nnsight.tracing.tracer import dec, inc

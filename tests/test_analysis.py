@@ -105,7 +105,7 @@ def test_the_intervention_holds_no_weights_and_reads_them_at_run_time():
 
 def test_the_stack_plan_says_where_the_weights_are_read():
     from sinklens import Stack
-    from sinklens.backends.common import make_context
+    from sinklens.run import make_context
 
     ctx = make_context(loaded("tiny-llava"), demo_inputs("tiny-llava"))
     lines = Stack(AttentionContribution(layers=[1])).describe(ctx).splitlines()
@@ -308,7 +308,7 @@ def test_records_agree_across_backends(tl_runner):
 
 
 def test_transformer_lens_hooks_without_the_bridge_cannot_find_the_weights():
-    from sinklens.backends.common import make_context
+    from sinklens.run import make_context
     from sinklens.backends.transformer_lens_backend import transformer_lens_hooks
     from sinklens.errors import BackendError
 

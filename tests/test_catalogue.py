@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from sinklens import Hook
-from sinklens.backends.nnsight_backend import make_context, run_hooks
+from sinklens.backends.nnsight_backend import locate, make_context, run_located
 from sinklens.errors import CatalogueError, UnknownArchitectureError
 from sinklens.hook_points import LAYER_POINTS, block, parse
-from sinklens.interventions.base import ordered_hooks
+from sinklens.run import plan
 from sinklens.models.catalogue import HookCatalogue, catalogue_dir, catalogue_for, supported_architectures
 
 from conftest import ARCHS, demo_inputs, loaded, runner_for
@@ -41,7 +41,7 @@ def run(runner, tiny, inputs, stack):
     ctx = make_context(tiny, inputs)
     model = runner.model
     with torch.no_grad(), model.trace(**inputs):
-        run_hooks(model, tiny.catalogue, ordered_hooks(stack, ctx), ctx)
+        run_located(model, locate(tiny.catalogue, plan(stack, ctx)), ctx)
         logits = model.output.logits.save()
     return logits
 
@@ -52,7 +52,7 @@ def test_every_point_reads_what_its_name_says(name):
     names = [block(LAYER, point) for point in LAYER_POINTS] + ["hook_logits"]
     capture = Capture(names)
     logits = run(runner, tiny, inputs, [capture])
-    seen = {parse(name).point: tensor for name, tensor in capture.seen.items()}
+    seen = {parse(name).kind: tensor for name, tensor in capture.seen.items()}
     with torch.no_grad():
         reference = tiny.model(**inputs, output_hidden_states=True)
     attention = tiny.model.model.language_model.layers[LAYER].self_attn
@@ -132,4 +132,4 @@ def test_a_path_that_does_not_resolve_says_which_hook_and_file(runner, tiny, inp
     ctx = make_context(tiny, inputs)
     with pytest.raises(CatalogueError, match="hook_resid_pre.*floors"):
         with torch.no_grad(), runner.model.trace(**inputs):
-            run_hooks(runner.model, broken, ordered_hooks([Capture([block(0, "hook_resid_pre")])], ctx), ctx)
+            run_located(runner.model, locate(broken, plan([Capture([block(0, "hook_resid_pre")])], ctx)), ctx)

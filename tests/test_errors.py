@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -83,7 +85,7 @@ def test_empty_sink_dimension_set():
 
 def test_model_without_known_sink_dimensions_says_how_to_find_them(tiny, inputs):
     ctx = make_context(tiny, inputs)
-    ctx.sink_dims = None
+    ctx = dataclasses.replace(ctx, spec=dataclasses.replace(ctx.spec, sink_dims=None))
     with pytest.raises(SinkDimensionError, match="discover-sink-dims"):
         FindSinks().hooks(ctx)
 

@@ -17,6 +17,8 @@ from nbclient import NotebookClient
 
 import sinklens
 
+pytestmark = pytest.mark.slow  # toy-llava, subprocesses: make test-fast skips the module
+
 NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
 CELL_TIMEOUT = 300
 

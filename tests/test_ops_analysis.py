@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-
 import hypothesis.strategies as st
 import pytest
 import torch
@@ -11,7 +9,6 @@ from hypothesis import given, settings
 from torch.testing import assert_close
 
 from sinklens import ops
-from sinklens.ops import analysis
 
 from test_ops import attention_rows, bool_matrix
 from test_ops import gqa_problem, hf_attention_output
@@ -78,7 +75,3 @@ def test_contribution_sum_is_the_attention_output(n_heads, n_kv):
     pattern, value, w_o = gqa_problem(n_heads, n_kv)
     got = ops.contribution_sum(pattern, ops.head_value_outputs(value, w_o, n_heads))
     assert_close(got, hf_attention_output(pattern, value, w_o), atol=1e-5, rtol=1e-5)
-
-
-def test_doctests_pass():
-    assert doctest.testmod(analysis).failed == 0

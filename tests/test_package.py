@@ -7,6 +7,10 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # toy-llava, subprocesses: make test-fast skips the module
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -18,13 +18,8 @@ import pytest
 import torch
 
 import sinklens as sl
-from sinklens.backends.remote import (
-    Payload,
-    Simulation,
-    check_ready,
-    hosted_models,
-    referenced_modules,
-)
+from sinklens.backends.ndif import check_ready, hosted_models
+from sinklens.testing import Payload, Simulation, referenced_modules
 from sinklens.errors import RemoteError
 from sinklens.interventions.scan import SinkDimensionScan
 
@@ -170,6 +165,7 @@ def _largest_binary(blob: bytes) -> int:
     return max((len(arg) for op, arg, _ in pickletools.genops(blob) if isinstance(arg, bytes)), default=0)
 
 
+@pytest.mark.slow  # a subprocess that builds the model, then runs the requests with sinklens unimportable
 @pytest.mark.parametrize("name", REMOTE_MODELS)
 def test_a_server_without_sinklens_or_jaxtyping_runs_the_request(name):
     """tests/ndif_emulation.py: every intervention in one stack, forward and generate, sinklens unimportable."""
@@ -277,7 +273,7 @@ def test_a_model_ndif_does_not_host_is_refused_with_the_hosted_ones():
 
 
 def test_the_deployments_task_is_read_from_the_status():
-    from sinklens.backends.remote import deployed_task
+    from sinklens.backends.ndif import deployed_task
 
     status = {"deployments": {"a": {"repo_id": "x/y", "deployment_level": "HOT", "application_state": "RUNNING",
                                     "task": "image-text-to-text"}}}  # fmt: skip
@@ -372,7 +368,7 @@ def test_sinklens_run_on_ndif_without_a_key_exits_2_saying_how_to_set_one(tmp_pa
 
 
 def test_a_study_on_ndif_without_a_key_fails_fast_saying_how_to_set_one(tmp_path, no_key):
-    from sinklens.backends.remote import RemoteError
+    from sinklens.errors import RemoteError
     from sinklens.eval.study import Study, parse_args
 
     args = parse_args("fig1_attention_maps", "maps", n=4, smoke_n=2,

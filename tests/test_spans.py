@@ -144,9 +144,3 @@ def test_prepare_batch_needs_examples_with_images():
         lm.prepare_batch([])
     with pytest.raises(ParameterError, match="example 0 has no image"):
         lm.prepare_batch([([], "what ?")])
-
-
-def test_spans_from_input_ids_alone_keep_their_old_meaning():
-    ids = torch.tensor([[1, 4, 4, 9, 4, 8]])
-    spans = ImageSpans.from_input_ids(ids, 4)
-    assert spans.spans() == [[(1, 3), (4, 5)]] and spans.text_start.tolist() == [5] and spans.images == ()

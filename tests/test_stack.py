@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from sinklens import PAI, VAR, VCD, Edit, FindSinks, Hook, LogitsHook, OnPass, Stack, expand_inputs
-from sinklens.backends.common import make_context
+from sinklens.run import make_context
 from sinklens.errors import HookContractError, HookNameError, ParameterError, PassError, StackError
 from sinklens.models.tiny import TINY_SINK_DIM, build_tiny_llava
 
@@ -153,12 +153,12 @@ def test_a_stack_is_accepted_where_a_list_was_and_nests(runner, inputs):
 
 def test_plan_lists_reads_and_writes_in_run_order(tiny, inputs):
     ctx = make_context(tiny, inputs)
-    plan = stack_user_first().plan(ctx)
+    plan = [hook for point in stack_user_first().plan(ctx) for hook in point.hooks]
     layer_3 = [(entry.name, entry.member.split("(")[0], entry.writes) for entry in plan if ".3." in entry.name]
     assert layer_3 == [
         ("blocks.3.hook_resid_pre", "FindSinks", False),
         ("blocks.3.attn.hook_attn_scores", "PAI", True),
-        ("blocks.3.attn.hook_pattern", "", True),  # the user's pair, labelled ('name', fn)
+        ("blocks.3.attn.hook_pattern", "", True),  # the user's pair: no member label
         ("blocks.3.attn.hook_pattern", "VAR", True),
     ]
     assert [entry.name for entry in plan[-2:]] == ["blocks.5.hook_resid_pre", "blocks.5.attn.hook_attn_scores"]

@@ -14,6 +14,8 @@ from sinklens.data.scenes import scene
 from sinklens.eval.discovery import discover
 from sinklens.models import parts, toy_llava
 
+pytestmark = pytest.mark.slow  # toy-llava, subprocesses: make test-fast skips the module
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from sinklens import PAI, VAR, VCD, Edit, FindSinks, LogitsHook, OnPass, Stack
-from sinklens.backends.common import make_context
+from sinklens.run import make_context
 from sinklens.backends.transformer_lens_backend import build_bridge, transformer_lens_hooks
 from sinklens.errors import CatalogueError
 from sinklens.hook_points import LAYER_POINTS, block

@@ -61,6 +61,18 @@ class HookContractError(SinklensError, RuntimeError):
     """A hook function broke what its Hook declares: a read-only hook wrote, or a write changed the shape."""
 
 
+class NonFiniteError(HookContractError):
+    """A hook function wrote NaN or infinite values (the message names the hook and its point)."""
+
+
+class LayerError(SinklensError, ValueError):
+    """A hook or a member names a layer the model does not have."""
+
+
+class ShapeError(SinklensError, ValueError):
+    """Tensors given to an op do not fit together (the message gives the shapes)."""
+
+
 class PassError(SinklensError, ValueError):
     """Inputs or members disagree about the passes of a multi-pass run (VCD's image and noised passes)."""
 

@@ -56,7 +56,7 @@ class HookPoint:
         return self.layer != _AFTER_EVERY_LAYER
 
     @property
-    def point(self) -> str:
+    def kind(self) -> str:
         """The name without its layer: `attn.hook_pattern` for `blocks.3.attn.hook_pattern`."""
         match = _BLOCK.fullmatch(self.name)
         return match.group(2) if match else self.name

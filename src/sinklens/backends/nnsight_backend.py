@@ -1,7 +1,9 @@
 """nnsight backend: run a stack of interventions inside nnsight traces.
 
-The only module, with the TransformerLens backend, that imports nnsight. Hook
-names are resolved to nnsight paths through the model's hook catalogue.
+The only module, with the TransformerLens backend, that runs nnsight traces.
+It finds each hook point of a plan (`sinklens.run.plan`) in the nnsight tree
+through the model's hook catalogue, reads it, applies its hooks
+(`sinklens.run.apply_point`) and writes back; the rest is the run core's.
 
 Inside your own trace (nnsight runs the block out of its frame, so make the
 context before it; the interventions fill it in place)::
@@ -26,40 +28,33 @@ A stack with VCD runs two passes in one batch: give your own trace
 Remote: `NnsightRunner(lm, remote="local")` runs every call through nnsight's
 local simulation of a remote request, `remote=True` on NDIF (build that runner
 with `sinklens.backends.remote.connect(hub_id)`); a call's `remote=` overrides
-the runner's. The client makes the `plan` (hooks grouped by point, with their
-nnsight paths); `run_plan` is what runs next to the model. docs/remote.md.
+the runner's. The client resolves the plan to nnsight paths (`locate`);
+`run_located` is what runs next to the model. docs/remote.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from itertools import groupby
 from typing import Any
 
 import nnsight
 import torch
 from torch import Tensor
 
-from sinklens.backends.common import (
-    ForwardResult,
-    GenerationResult,
-    Recorder,
-    finish_generation,
-    make_context,
-    prepare,
-)
-from sinklens.backends.remote import check_remote_argument, shipping, trace_options
+from sinklens.backends.shipping import Remote, check_remote_argument, shipping, trace_options
 from sinklens.errors import CatalogueError
-from sinklens.interventions.base import (
-    Hook, Members, RunContext, apply_point, module_weights, ordered_hooks, wants_weights,
-)
 from sinklens.models.catalogue import HookCatalogue
 from sinklens.models.loading import LoadedModel
+from sinklens.run import (
+    ForwardResult, GenerationResult, Members, Plan, PlanPoint, Recorder, RunContext, apply_point, begin,
+    finish_generation, make_context, module_weights, plan,
+)
 
 __all__ = [
-    "ForwardResult", "GenerationResult", "NnsightRunner", "PlanPoint", "attach", "make_context", "plan",
-    "run_hooks", "run_plan", "wrap",
+    "ForwardResult", "GenerationResult", "Located", "NnsightRunner", "attach", "locate", "make_context",
+    "run_located", "wrap",
 ]
 
 
@@ -72,6 +67,17 @@ def wrap(loaded: LoadedModel) -> Any:
     )
 
 
+@dataclass(frozen=True)
+class Located:
+    """A plan point and where it lives in the nnsight tree (resolved on the client: the server needs no catalogue)."""
+
+    planned: PlanPoint
+    module_path: str
+    attribute: str  # "input", "output", or a .source operation's "input"/"output"
+    index: int | None  # element of a tuple input/output, or None for the whole value
+    source: str  # the catalogue file the path comes from, for error messages
+
+
 def _split(path: str) -> tuple[str, str, int | None]:
     """'a.b.output.0' -> ('a.b', 'output', 0); 'a.b.input' -> ('a.b', 'input', None)."""
     head, _, last = path.rpartition(".")
@@ -81,30 +87,11 @@ def _split(path: str) -> tuple[str, str, int | None]:
     return head, last, None
 
 
-def plan_points(catalogue: HookCatalogue, hooks: Sequence[Hook]) -> list[PlanPoint]:
-    """Ordered hooks grouped by point, each point resolved to its nnsight path (on the client).
-
-    The plan is what travels to an NDIF server: paths as strings and the hook
-    functions, so the server needs neither the catalogue nor its TOML files.
-    """
-    points = []
-    for _, grouped in groupby(hooks, key=lambda hook: hook.name):
-        group = tuple(grouped)
-        module_path, attribute, index = _split(catalogue.nnsight_path(group[0].point))
-        points.append(PlanPoint(group[0].name, module_path, attribute, index, group, str(catalogue.source)))
-    return points
-
-
-@dataclass(frozen=True)
-class PlanPoint:
-    """One hook point of a run: where it lives in the nnsight tree and the hooks applied there, in order."""
-
-    name: str
-    module_path: str
-    attribute: str  # "input", "output", or a .source operation's "input"/"output"
-    index: int | None  # element of a tuple input/output, or None for the whole value
-    hooks: tuple[Hook, ...]
-    source: str  # the catalogue file the path comes from, for error messages
+def locate(catalogue: HookCatalogue, points: Plan) -> tuple[Located, ...]:
+    """Each point of a plan with its nnsight path: what travels to an NDIF server with the hook functions."""
+    return tuple(
+        Located(point, *_split(catalogue.nnsight_path(point.point)), str(catalogue.source)) for point in points
+    )
 
 
 # ---- what runs next to the model (locally, or on an NDIF server) ------------------------------
@@ -112,66 +99,61 @@ class PlanPoint:
 # interventions' hook functions and the ops they call): they use torch and sinklens code only.
 
 
-def _envoy(root: Any, point: PlanPoint) -> Any:
+def _envoy(root: Any, where: Located) -> Any:
     node = root
-    for part in point.module_path.split("."):
+    for part in where.module_path.split("."):
         try:
             node = node[int(part)] if part.isdigit() else getattr(node, part)
         except (AttributeError, IndexError, KeyError) as e:
             raise CatalogueError(
-                f"{point.source}: the path of {point.name!r} ({point.module_path}) fails at {part!r} on the "
+                f"{where.source}: the path of {where.planned.name!r} ({where.module_path}) fails at {part!r} on the "
                 f"installed transformers: {e}. Fix the path in the catalogue file."
             ) from e
     return node
 
 
-def _run_point(root: Any, point: PlanPoint, ctx: RunContext) -> None:
+def _run_point(root: Any, where: Located, ctx: RunContext) -> None:
     """Read one hook point once, apply its functions in order, write back if any returned a tensor."""
-    envoy = _envoy(root, point)
-    whole = getattr(envoy, point.attribute)
-    value = whole[point.index] if point.index is not None else whole
+    envoy = _envoy(root, where)
+    whole = getattr(envoy, where.attribute)
+    value = whole[where.index] if where.index is not None else whole
     weights = None
-    if wants_weights(point.hooks):  # read here, next to the model: the request carries no weight
-        weights = module_weights(envoy if point.attribute == "input" else None, f"{point.name!r} ({point.source})")
-    result = apply_point(point.hooks, value, ctx, weights)
+    if where.planned.wants_weights:  # read here, next to the model: the request carries no weight
+        module = envoy if where.attribute == "input" else None
+        weights = module_weights(module, f"{where.planned.name!r} ({where.source})")
+    result = apply_point(where.planned.hooks, value, ctx, weights)
     if result is not None:
-        if point.index is not None:
+        if where.index is not None:
             parts = list(whole)
-            parts[point.index] = result
+            parts[where.index] = result
             result = type(whole)(parts)
-        setattr(envoy, point.attribute, result)
+        setattr(envoy, where.attribute, result)
 
 
-def _run_step(root: Any, plan: Sequence[PlanPoint], ctx: RunContext) -> None:
-    for point in plan:
-        # a point whose hooks are all prefill-only is not even read while decoding
-        if ctx.prefill or not all(hook.prefill_only for hook in point.hooks):
-            _run_point(root, point, ctx)
+def _run_step(root: Any, located: Sequence[Located], ctx: RunContext) -> None:
+    for where in located:
+        if ctx.prefill or not where.planned.prefill_only:  # a prefill-only point is not even read while decoding
+            _run_point(root, where, ctx)
 
 
-def run_plan(
-    root: Any, plan: Sequence[PlanPoint], ctx: RunContext, *, tracer: Any = None, steps: int | None = None
+def run_located(
+    root: Any, located: Sequence[Located], ctx: RunContext, *, tracer: Any = None, steps: int | None = None
 ) -> dict[str, Any]:
-    """Apply a plan inside a trace (prefill) or at every step `0..steps-1` of a generation.
+    """Apply a located plan inside a trace (prefill) or at every step `0..steps-1` of a generation.
 
     Returns what the interventions found, as plain data (`RunContext.state()`):
     the part of `ctx` a remote run sends back.
     """
     if tracer is None or steps is None:
-        _run_step(root, plan, ctx)
+        _run_step(root, located, ctx)
     else:
         for step in tracer.iter[:steps]:
             ctx.step = step
-            _run_step(root, plan, ctx)
+            _run_step(root, located, ctx)
     return ctx.state()
 
 
 # ---- the client side --------------------------------------------------------------------------
-
-
-def run_hooks(root: Any, catalogue: HookCatalogue, hooks: Sequence[Hook], ctx: RunContext) -> None:
-    """Apply ordered hooks inside a trace, for the step in `ctx.step`."""
-    _run_step(root, plan_points(catalogue, hooks), ctx)
 
 
 def attach(
@@ -192,19 +174,11 @@ def attach(
     With `tracer` and `steps`, the hooks run on every step `0..steps-1` of the
     generation (step 0 is the prompt); generate with `min_new_tokens=steps` so
     that every step happens. Returns the run context the interventions fill.
-    For a remote trace use `plan` and `run_plan` instead (see docs/remote.md).
+    For a remote trace use `locate` and `run_located` instead (see docs/remote.md).
     """
     ctx = ctx or make_context(loaded, inputs)
-    run_plan(model, plan(loaded, interventions, ctx), ctx, tracer=tracer, steps=steps)
+    run_located(model, locate(loaded.catalogue, plan(interventions, ctx)), ctx, tracer=tracer, steps=steps)
     return ctx
-
-
-def plan(loaded: LoadedModel, interventions: Members, ctx: RunContext) -> list[PlanPoint]:
-    """The plan of a stack for one run: its hooks in run order, grouped by point, with nnsight paths."""
-    return plan_points(loaded.catalogue, ordered_hooks(interventions, ctx))
-
-
-Remote = Any  # False (run here), "local" (nnsight's local simulation), True (NDIF), or a Simulation
 
 
 class NnsightRunner:
@@ -214,8 +188,8 @@ class NnsightRunner:
     nnsight's local simulation of a remote request (serialised, deserialised
     with local modules hidden, then run here), `True` sends the request to NDIF
     (see `sinklens.backends.remote.connect`), and a
-    `sinklens.backends.remote.Simulation()` runs the local simulation and keeps
-    the size of every request. Each call can override it.
+    `sinklens.testing.Simulation()` runs the local simulation and keeps the
+    size of every request. Each call can override it.
     """
 
     def __init__(self, loaded: LoadedModel, *, model: Any = None, remote: Remote = False) -> None:
@@ -229,16 +203,17 @@ class NnsightRunner:
     ) -> ForwardResult:
         """One forward pass over the prompt with the stack applied."""
         remote = self.remote if remote is None else check_remote_argument(remote)
-        prepared = prepare(self.loaded, inputs, interventions)
-        ctx = prepared.ctx
+        run = begin(self.loaded, inputs, interventions)
+        ctx = run.ctx
         model = self.model  # the block names only small objects: they are what a remote request ships
-        with shipping(self.loaded, remote):
-            points = plan(self.loaded, interventions, ctx)
-            with torch.no_grad(), model.trace(**prepared.inputs, **trace_options(model, remote)):
-                state = nnsight.save(run_plan(model, points, ctx))
+        with self._shipping(remote):
+            located = locate(self.loaded.catalogue, plan(interventions, ctx))
+            options = self._trace_options(remote)
+            with torch.no_grad(), model.trace(**run.inputs, **options):
+                state = nnsight.save(run_located(model, located, ctx))
                 logits = model.output.logits.save()
         ctx.update(state)
-        return ForwardResult(logits=logits[: prepared.n_prompts], ctx=ctx)
+        return ForwardResult(logits=logits[: run.n_prompts], ctx=ctx)
 
     def generate(
         self,
@@ -248,19 +223,31 @@ class NnsightRunner:
         max_new_tokens: int = 16,
         remote: Remote | None = None,
     ) -> GenerationResult:
-        """Greedy decoding with the KV cache; the stack acts in prefill and at every step."""
+        """Greedy decoding with the KV cache; the stack acts in prefill and at every step.
+
+        Runs exactly `max_new_tokens` steps with EOS suppressed (`min_new_tokens`),
+        so both backends decode the same tokens; texts stop at the first EOS.
+        """
         remote = self.remote if remote is None else check_remote_argument(remote)
-        prepared = prepare(self.loaded, inputs, interventions)
-        ctx = prepared.ctx
+        run = begin(self.loaded, inputs, interventions)
+        ctx = run.ctx
         recorder = Recorder()
         model, steps = self.model, max_new_tokens
-        with shipping(self.loaded, remote):
-            points = plan(self.loaded, [interventions, recorder], ctx)
+        with self._shipping(remote):
+            located = locate(self.loaded.catalogue, plan([interventions, recorder], ctx))
+            options = self._trace_options(remote)
             with torch.no_grad(), model.generate(
-                **prepared.inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
-                pad_token_id=self.loaded.tokenizer.pad_token_id, **trace_options(model, remote),
+                **run.inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
+                pad_token_id=self.loaded.tokenizer.pad_token_id, **options,
             ) as tracer:
-                state = nnsight.save(run_plan(model, points, ctx, tracer=tracer, steps=steps))
+                state = nnsight.save(run_located(model, located, ctx, tracer=tracer, steps=steps))
                 store = nnsight.save(recorder.store)
         ctx.update(state)
-        return finish_generation(self.loaded, prepared, Recorder(store=store))
+        return finish_generation(self.loaded, run, store)
+
+    # a local run (remote=False) does not enter the shipping layer at all
+    def _shipping(self, remote: Remote) -> AbstractContextManager[None]:
+        return nullcontext() if remote is False else shipping(self.loaded, remote)
+
+    def _trace_options(self, remote: Remote) -> dict[str, Any]:
+        return {} if remote is False else trace_options(self.model, remote)

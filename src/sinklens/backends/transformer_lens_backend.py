@@ -1,6 +1,6 @@
 """TransformerLens backend: run a stack on a `TransformerBridge` (TransformerLens 4).
 
-The only module that imports transformer_lens. The bridge is built from the
+The only module that imports transformer_lens, and only its public names. The bridge is built from the
 loaded, in-memory HF model (`build_bridge_from_module`, never a hub call); it
 rewires the module it wraps in place, so by default it wraps its own copy of
 the weights and the `LoadedModel` stays usable with nnsight. Hook names are
@@ -39,28 +39,19 @@ import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from itertools import groupby
 from typing import Any
 
 import einops
 import torch
 from torch import Tensor
 
-from sinklens.backends.common import (
-    CacheResult,
-    ForwardResult,
-    GenerationResult,
-    Recorder,
-    finish_generation,
-    make_context,
-    prepare,
-)
 from sinklens.errors import BackendError, CatalogueError
 from sinklens.hook_points import parse
-from sinklens.interventions.base import (
-    Hook, Members, RunContext, apply_point, module_weights, ordered_hooks, wants_weights,
-)
 from sinklens.models.loading import LoadedModel
+from sinklens.run import (
+    CacheResult, ForwardResult, GenerationResult, Hook, Members, PlanPoint, Recorder, RunContext, apply_point, begin,
+    finish_generation, make_context, module_weights, plan,
+)
 
 __all__ = [
     "CacheResult",
@@ -149,15 +140,11 @@ def transformer_lens_hooks(
     give 1 to decode by hand from a cache that a prefill with `ctx` filled).
     """
     catalogue = loaded.catalogue
-    hooks = ordered_hooks(interventions, ctx)
     counter = _Counter(forwards=first_step)
     fwd_hooks: list[TLHook] = [(catalogue.transformer_lens_entry, partial(_count_step, ctx=ctx, counter=counter))]
-    groups = []
-    for name, group in groupby(hooks, key=lambda hook: hook.name):
-        point = parse(name)
-        groups.append((catalogue.transformer_lens_name(point), point, tuple(group)))
+    groups = [(catalogue.transformer_lens_name(point.point), point) for point in plan(interventions, ctx)]
     if bridge is not None:
-        missing = [tl_name for tl_name in [fwd_hooks[0][0], *(tl_name for tl_name, _, _ in groups)]
+        missing = [tl_name for tl_name in [fwd_hooks[0][0], *(tl_name for tl_name, _ in groups)]
                    if tl_name not in bridge.hook_dict]  # fmt: skip
         if missing:
             raise CatalogueError(
@@ -165,9 +152,9 @@ def transformer_lens_hooks(
                 "fix the names in the catalogue file (bridge.hook_dict lists the bridge's)"
             )
     fed_by: dict[int, Any] | None = None
-    for tl_name, point, group in groups:
+    for tl_name, point in groups:
         module = None
-        if wants_weights(group):
+        if point.wants_weights:
             if bridge is None:
                 raise BackendError(
                     f"a hook at {point.name!r} reads the weights of the module that point feeds: give "
@@ -175,7 +162,7 @@ def transformer_lens_hooks(
                 )
             fed_by = _modules_by_input_hook(bridge) if fed_by is None else fed_by
             module = fed_by.get(id(bridge.hook_dict[tl_name]))
-        fn = partial(_run_point, hooks=group, ctx=ctx, layout=_LAYOUTS.get(point.point), module=module)
+        fn = partial(_run_point, planned=point, ctx=ctx, layout=_LAYOUTS.get(point.point.kind), module=module)
         fwd_hooks.append((tl_name, fn))
     return fwd_hooks
 
@@ -201,11 +188,11 @@ def _count_step(tensor: Tensor, hook: Any, *, ctx: RunContext, counter: _Counter
 
 
 def _run_point(
-    tensor: Tensor, hook: Any, *, hooks: Sequence[Hook], ctx: RunContext, layout: _Layout | None, module: Any
+    tensor: Tensor, hook: Any, *, planned: PlanPoint, ctx: RunContext, layout: _Layout | None, module: Any
 ) -> Tensor | None:
     value = einops.rearrange(tensor, layout.to_sinklens) if layout else tensor
-    weights = module_weights(module, repr(hooks[0].name)) if wants_weights(hooks) else None
-    result = apply_point(hooks, value, ctx, weights)
+    weights = module_weights(module, repr(planned.name)) if planned.wants_weights else None
+    result = apply_point(planned.hooks, value, ctx, weights)
     if result is None:
         return None
     if layout is None:
@@ -230,13 +217,12 @@ class TransformerLensRunner:
 
     def forward(self, inputs: Mapping[str, Tensor], interventions: Members = ()) -> ForwardResult:
         """One forward pass over the prompt with the stack applied (`run_with_hooks`)."""
-        prepared = prepare(self.loaded, inputs, interventions)
+        run = begin(self.loaded, inputs, interventions)
         with torch.no_grad():
             logits = self.bridge.run_with_hooks(
-                prepared.inputs["input_ids"], fwd_hooks=self.hooks(interventions, prepared.ctx),
-                **_model_kwargs(prepared.inputs),
+                run.inputs["input_ids"], fwd_hooks=self.hooks(interventions, run.ctx), **_model_kwargs(run.inputs),
             )
-        return ForwardResult(logits=logits[: prepared.n_prompts], ctx=prepared.ctx)
+        return ForwardResult(logits=logits[: run.n_prompts], ctx=run.ctx)
 
     def run_with_cache(
         self, inputs: Mapping[str, Tensor], interventions: Members = (), *, names: Sequence[str]
@@ -246,19 +232,19 @@ class TransformerLensRunner:
         The cache holds what the next computation used: the tensor after every
         member of the stack at that point ran.
         """
-        prepared = prepare(self.loaded, inputs, interventions)
+        run = begin(self.loaded, inputs, interventions)
         points = {name: parse(name) for name in names}
         tl_names = {self.loaded.catalogue.transformer_lens_name(point): name for name, point in points.items()}
-        with torch.no_grad(), self.bridge.hooks(fwd_hooks=self.hooks(interventions, prepared.ctx)):
+        with torch.no_grad(), self.bridge.hooks(fwd_hooks=self.hooks(interventions, run.ctx)):
             logits, activations = self.bridge.run_with_cache(
-                prepared.inputs["input_ids"], names_filter=list(tl_names), **_model_kwargs(prepared.inputs)
+                run.inputs["input_ids"], names_filter=list(tl_names), **_model_kwargs(run.inputs)
             )
         cache = {}
         for tl_name, name in tl_names.items():
-            layout = _LAYOUTS.get(points[name].point)
+            layout = _LAYOUTS.get(points[name].kind)
             tensor = activations[tl_name]
             cache[name] = einops.rearrange(tensor, layout.to_sinklens) if layout else tensor
-        return CacheResult(logits=logits[: prepared.n_prompts], ctx=prepared.ctx, cache=cache)
+        return CacheResult(logits=logits[: run.n_prompts], ctx=run.ctx, cache=cache)
 
     def generate(
         self,
@@ -277,19 +263,19 @@ class TransformerLensRunner:
         the same shape (a full-sequence GEMM sums in another order: 3e-5 apart
         on toy-llava's logits).
         """
-        prepared = prepare(self.loaded, inputs, interventions)
+        run = begin(self.loaded, inputs, interventions)
         recorder = Recorder()
         eos = self.loaded.tokenizer.eos_token_id
         suppress = Hook("hook_logits", partial(_suppress_token, token=eos))
-        fwd_hooks = self.hooks([interventions, recorder, suppress], prepared.ctx)
+        fwd_hooks = self.hooks([interventions, recorder, suppress], run.ctx)
         with torch.no_grad(), self.bridge.hooks(fwd_hooks=fwd_hooks):
             self.bridge.generate(
-                prepared.inputs["input_ids"], max_new_tokens=max_new_tokens, do_sample=False, stop_at_eos=False,
-                use_past_kv_cache=True, verbose=False, return_type="tokens", **_model_kwargs(prepared.inputs),
+                run.inputs["input_ids"], max_new_tokens=max_new_tokens, do_sample=False, stop_at_eos=False,
+                use_past_kv_cache=True, verbose=False, return_type="tokens", **_model_kwargs(run.inputs),
                 # passed to the model on the prefill only (with the pixels); every later step is one position
                 logits_to_keep=1,
             )
-        return finish_generation(self.loaded, prepared, recorder)
+        return finish_generation(self.loaded, run, recorder.store)
 
 
 def _suppress_token(logits: Tensor, ctx: RunContext, *, token: int) -> Tensor:

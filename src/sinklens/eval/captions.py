@@ -7,13 +7,13 @@ from typing import Any
 
 from sinklens.data.questions import CAPTION_PROMPT, score_caption
 from sinklens.data.scenes import scene
-from sinklens.interventions.base import Intervention
+from sinklens.run import Intervention, Runner
 from sinklens.models.loading import LoadedModel
 
 
 def evaluate_captions(
     loaded: LoadedModel,
-    runner: Any,
+    runner: Runner,
     *,
     n: int,
     interventions: Sequence[Intervention] = (),

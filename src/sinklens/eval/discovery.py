@@ -20,6 +20,7 @@ from sinklens.data.scenes import scene
 from sinklens.errors import ParameterError
 from sinklens.interventions.scan import SinkDimensionScan
 from sinklens.models.loading import LoadedModel
+from sinklens.run import Runner
 
 PAPER_THRESHOLD = 20.0  # SPEC: "massive (default > 20)"
 PAPER_FRACTION = 20 / 64  # the same 20 relative to LLaMA-2-7B's ceiling sqrt(4096) = 64
@@ -37,7 +38,7 @@ def delimiter_ids(loaded: LoadedModel) -> set[int]:
     return ids
 
 
-def scan_prompts(loaded: LoadedModel, runner: Any, n_prompts: int, progress: bool = True) -> dict[str, Any]:
+def scan_prompts(loaded: LoadedModel, runner: Runner, n_prompts: int, progress: bool = True) -> dict[str, Any]:
     """Hidden-state profiles of `n_prompts` held-out scene prompts: magnitudes, candidate and image masks."""
     from tqdm.auto import tqdm
 
@@ -73,7 +74,7 @@ def scan_prompts(loaded: LoadedModel, runner: Any, n_prompts: int, progress: boo
 
 def discover(
     loaded: LoadedModel,
-    runner: Any,
+    runner: Runner,
     *,
     n_prompts: int = 8,
     threshold: float | None = None,

@@ -19,7 +19,7 @@ from typing import Any
 from sinklens.data.pope import pope, pope_metrics, yes_or_no
 from sinklens.data.scenes import scene
 from sinklens.errors import SinklensError
-from sinklens.interventions.base import Intervention
+from sinklens.run import Intervention, Runner
 from sinklens.models.loading import LoadedModel
 
 ROWS = "pope.jsonl"
@@ -56,7 +56,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def evaluate_pope(
     loaded: LoadedModel,
-    runner: Any,
+    runner: Runner,
     *,
     split: str,
     n: int,

@@ -27,6 +27,7 @@ import torch
 from sinklens.data.questions import presence
 from sinklens.data.scenes import scene
 from sinklens.errors import ParameterError
+from sinklens.run import Runner
 
 DEFAULT_MODEL = "toy-llava"
 REMOTE_MODES = ("off", "local", "ndif")
@@ -87,7 +88,7 @@ class Study:
 
     args: argparse.Namespace
     loaded: Any
-    runner: Any
+    runner: Runner
     started: float = field(default_factory=time.time)
 
     @classmethod

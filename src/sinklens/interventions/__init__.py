@@ -8,13 +8,13 @@ from sinklens.interventions.analysis import (
     SinkAblation,
     image_map,
 )
-from sinklens.interventions.base import Hook, Intervention, RunContext, apply_point, ordered_hooks
 from sinklens.interventions.decoding import VCD, LogitsHook, OnPass
 from sinklens.interventions.pai import PAI
 from sinklens.interventions.scan import SinkDimensionScan
 from sinklens.interventions.sinks import FindSinks
-from sinklens.interventions.stack import Edit, Stack, expand_inputs
+from sinklens.interventions.stack import Edit, Stack
 from sinklens.interventions.var import VAR
+from sinklens.run import Hook, Intervention, RunContext, apply_point, expand_inputs, ordered_hooks
 
 __all__ = [
     "AttentionContribution",

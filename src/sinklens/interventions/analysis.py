@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Literal, get_args, no_type_check
 
 import torch
 from torch import Tensor
@@ -34,36 +34,22 @@ from sinklens.ops import (
     random_keys,
     visual_nonsink_ratio,
 )
-from sinklens.errors import MissingSinksError, ParameterError
+from sinklens.errors import ParameterError
 from sinklens.hook_points import block
 from sinklens.interventions import params
-from sinklens.interventions.base import Hook, RunContext, resolve_layers
+from sinklens.run import Hook, RunContext, resolve_layers, write_rows
 
-KEY_SETS = ("visual_sinks", "sinks", "text_sinks")
-QUERY_SETS = ("text", "last")
-
-
-def layer_sinks(ctx: RunContext, layer: int, who: str) -> Tensor:
-    """The sink set of `layer` that FindSinks left in ctx, or a clear error naming the fix."""
-    sinks = ctx.sinks.get(layer)
-    if sinks is None:
-        raise MissingSinksError(
-            f"{who} at layer {layer} needs that layer's sink set: put FindSinks(...) before {who} in the "
-            f"stack, with its layers covering {layer}"
-        )
-    return sinks
-
-
-def _first_row(ctx: RunContext) -> int:
-    """First query row an analysis reads: the earliest text start (prefill), the new token (decoding)."""
-    return int(ctx.image.text_start.min()) if ctx.prefill else 0
+KeySet = Literal["visual_sinks", "sinks", "text_sinks"]
+QuerySet = Literal["text", "last"]
+KEY_SETS: tuple[str, ...] = get_args(KeySet)
+QUERY_SETS: tuple[str, ...] = get_args(QuerySet)
 
 
 # --- ablation ------------------------------------------------------------------------------------
 
 
-def _sink_keys(ctx: RunContext, layer: int, keys: str, who: str) -> Tensor:
-    sinks = layer_sinks(ctx, layer, who)
+def _sink_keys(ctx: RunContext, layer: int, keys: KeySet, who: str) -> Tensor:
+    sinks = ctx.layer_sinks(layer, who)
     image = ctx.image.mask.to(sinks.device)
     if keys == "visual_sinks":
         return sinks & image
@@ -72,6 +58,7 @@ def _sink_keys(ctx: RunContext, layer: int, keys: str, who: str) -> Tensor:
     return sinks
 
 
+@no_type_check  # modes are checked by __post_init__, with sinklens' message (params.py)
 @dataclass(frozen=True, kw_only=True)
 class SinkAblation:
     """Remove the attention of text queries to a sink set, pre-softmax (-inf), in the chosen layers.
@@ -85,7 +72,7 @@ class SinkAblation:
     number of keys removed per prompt.
     """
 
-    keys: str = "visual_sinks"
+    keys: KeySet = "visual_sinks"
     positions: Sequence[int] | None = None
     layers: Sequence[int] | None = None
 
@@ -106,7 +93,7 @@ class SinkAblation:
                 for layer in layers]  # fmt: skip
 
 
-def _listed_keys(ctx: RunContext, layer: int, *, keys: str, positions: tuple[int, ...] | None) -> Tensor:
+def _listed_keys(ctx: RunContext, layer: int, *, keys: KeySet, positions: tuple[int, ...] | None) -> Tensor:
     if positions is None:
         return _sink_keys(ctx, layer, keys, "SinkAblation")
     mask = torch.zeros_like(ctx.image.mask)
@@ -114,6 +101,7 @@ def _listed_keys(ctx: RunContext, layer: int, *, keys: str, positions: tuple[int
     return mask
 
 
+@no_type_check  # modes are checked by __post_init__, with sinklens' message (params.py)
 @dataclass(frozen=True, kw_only=True)
 class RandomAblation:
     """The control of SinkAblation: as many random image tokens, re-drawn per layer from a seed.
@@ -128,7 +116,7 @@ class RandomAblation:
     """
 
     seed: int = 0
-    keys: str = "visual_sinks"
+    keys: KeySet = "visual_sinks"
     count: int | None = None
     layers: Sequence[int] | None = None
 
@@ -146,7 +134,7 @@ class RandomAblation:
                 for layer in layers]  # fmt: skip
 
 
-def _random_keys_at(ctx: RunContext, layer: int, *, seed: int, keys: str, count: int | None) -> Tensor:
+def _random_keys_at(ctx: RunContext, layer: int, *, seed: int, keys: KeySet, count: int | None) -> Tensor:
     drawn = ctx.records.setdefault("random_ablation", {})
     if ctx.prefill or layer not in drawn:
         image = ctx.image.mask
@@ -161,15 +149,11 @@ def _random_keys_at(ctx: RunContext, layer: int, *, seed: int, keys: str, count:
 
 
 def _ablate(scores: Tensor, ctx: RunContext, *, layer: int, chosen: Any) -> Tensor:
-    n_queries, n_keys = scores.shape[-2:]
-    first = _first_row(ctx)
-    keys = ctx.keys(chosen(ctx, layer), n_keys, scores.device)
-    queries = ctx.text_queries(n_queries, scores.device)[:, first:]
+    keys = ctx.keys(chosen(ctx, layer), scores.shape[-1], scores.device)
+    rows = ctx.query_rows(scores)
     if ctx.prefill:
         ctx.records.setdefault("ablation", {})[layer] = keys.sum(-1).cpu()
-    out = scores.clone() if torch.is_grad_enabled() else scores
-    out[:, :, first:, :] = mask_keys(scores[:, :, first:, :], keys, queries)
-    return out
+    return write_rows(scores, rows, mask_keys(rows.of(scores), keys, rows.queries))
 
 
 # --- attention contribution ----------------------------------------------------------------------
@@ -212,16 +196,12 @@ class AttentionContribution:
 
 def _keep(tensor: Tensor, ctx: RunContext, *, key: str, layer: int, first_row: bool) -> None:
     """Keep a copy until hook_z of this layer (a copy: a later member at this point may edit in place)."""
-    kept = tensor[:, :, _first_row(ctx):, :] if first_row else tensor
-    ctx.records.setdefault(key, {})[layer] = kept.detach().to(torch.float32, copy=True)
+    kept = ctx.query_rows(tensor).of(tensor) if first_row else tensor
+    ctx.scratch.setdefault(key, {})[layer] = kept.detach().to(torch.float32, copy=True)
 
 
 def _take(ctx: RunContext, key: str, layer: int) -> Tensor:
-    kept = ctx.records[key]
-    tensor = kept.pop(layer)
-    if not kept:
-        del ctx.records[key]  # nothing of the scratch space goes back with the records
-    return tensor
+    return ctx.scratch[key].pop(layer)
 
 
 def _contribution(z: Tensor, ctx: RunContext, *, layer: int, weight: Tensor, bias: Tensor | None) -> None:
@@ -263,18 +243,18 @@ class HeadScores:
 
 
 def _head_scores(pattern: Tensor, ctx: RunContext, *, layer: int) -> None:
-    sinks = layer_sinks(ctx, layer, "HeadScores")
-    first = _first_row(ctx)
-    rows = pattern[:, :, first:, :].float()
+    sinks = ctx.layer_sinks(layer, "HeadScores")
+    rows = ctx.query_rows(pattern)
     n_keys = pattern.shape[-1]
     image = ctx.keys(ctx.image.mask, n_keys, pattern.device)
     sink = ctx.keys(sinks, n_keys, pattern.device)
-    ratio, image_attention = visual_nonsink_ratio(rows, image, sink)
-    queries = ctx.text_queries(pattern.shape[-2], pattern.device)[:, first:]
+    ratio, image_attention = visual_nonsink_ratio(rows.of(pattern).float(), image, sink)
+    queries = rows.queries
     ctx.records.setdefault("head_scores", {})[layer] = mean_head_ratio(ratio, queries).cpu()
     ctx.records.setdefault("head_image_attention", {})[layer] = mean_head_ratio(image_attention, queries).cpu()
 
 
+@no_type_check  # modes are checked by __post_init__, with sinklens' message (params.py)
 @dataclass(frozen=True, kw_only=True)
 class AttentionMaps:
     """Attention each key receives from the text, averaged over chosen heads, per layer (prefill).
@@ -287,7 +267,7 @@ class AttentionMaps:
 
     layers: Sequence[int] | None = None
     heads: Sequence[int] | None = None
-    queries: str = "text"
+    queries: QuerySet = "text"
 
     def __post_init__(self) -> None:
         params.one_of("queries", self.queries, QUERY_SETS)
@@ -301,21 +281,20 @@ class AttentionMaps:
 
 
 def _attention_map(pattern: Tensor, ctx: RunContext, *, layer: int, heads: tuple[int, ...] | None, last: bool) -> None:
-    n_heads, n_queries = pattern.shape[1], pattern.shape[2]
+    n_heads = pattern.shape[1]
     if heads is not None and any(not 0 <= h < n_heads for h in heads):
         raise ParameterError(f"heads {list(heads)} do not exist; layer {layer} has heads 0..{n_heads - 1}")
-    first = _first_row(ctx)
+    rows = ctx.query_rows(pattern)
+    queries = rows.queries
     if last:
-        queries = torch.zeros(pattern.shape[0], n_queries - first, dtype=torch.bool, device=pattern.device)
+        queries = torch.zeros_like(queries)
         queries[:, -1] = True
-    else:
-        queries = ctx.text_queries(n_queries, pattern.device)[:, first:]
     chosen = None
     if heads is not None:
         chosen = torch.zeros(n_heads, dtype=torch.bool, device=pattern.device)
         chosen[list(heads)] = True
     ctx.records.setdefault("attention_maps", {})[layer] = mean_query_attention(
-        pattern[:, :, first:, :].float(), queries, chosen
+        rows.of(pattern).float(), queries, chosen
     ).cpu()
 
 

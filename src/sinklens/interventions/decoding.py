@@ -19,8 +19,9 @@ and ctx.passes when a VCD-style member is in the stack) and returns new ones.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
+from typing import ClassVar, Literal, get_args, no_type_check
 
 import torch
 from torch import Tensor
@@ -29,10 +30,10 @@ from torch import Tensor
 from sinklens.ops.contrastive import DIFFUSION_STEPS, contrastive_logits, diffusion_noise
 from sinklens.errors import HookContractError, PassError
 from sinklens.interventions import params
-from sinklens.interventions.base import Hook, Member, RunContext, hooks_of, ordered_hooks
+from sinklens.run import Hook, Member, RunContext, hooks_of, ordered_hooks, writable
 
-IMAGE_PASS = "image"
-NOISED_PASS = "noised"
+PassName = Literal["image", "noised"]
+IMAGE_PASS, NOISED_PASS = get_args(PassName)
 
 LogitsFn = Callable[[Tensor, RunContext], Tensor | None]
 
@@ -107,6 +108,7 @@ class LogitsHook:
     """
 
     fn: LogitsFn
+    repeatable: ClassVar[bool] = True  # a user's function: several compose, in list order
 
     def hooks(self, ctx: RunContext) -> list[Hook]:
         return [Hook("hook_logits", partial(_next_token_logits, fn=self.fn))]
@@ -122,11 +124,12 @@ def _next_token_logits(logits: Tensor, ctx: RunContext, *, fn: LogitsFn) -> Tens
         raise HookContractError(
             f"LogitsHook function returned {got}; it gets and must return next-token logits of shape {tuple(expected)}"
         )
-    out = logits.clone() if torch.is_grad_enabled() else logits
+    out = writable(logits)
     out[:, -1] = new
     return out
 
 
+@no_type_check  # the pass name is checked by __init__, with sinklens' message
 class OnPass:
     """Run members in one pass of a multi-pass stack only (VCD: "image" or "noised").
 
@@ -136,24 +139,29 @@ class OnPass:
     hooks run as they are.
     """
 
-    def __init__(self, pass_name: str, *members: Member) -> None:
+    def __init__(self, pass_name: PassName, *members: Member) -> None:
         if pass_name not in (IMAGE_PASS, NOISED_PASS):
             raise PassError(f"OnPass takes {IMAGE_PASS!r} or {NOISED_PASS!r} (VCD's passes), got {pass_name!r}")
         self.pass_name = pass_name
         self.members = members
 
+    repeatable: ClassVar[bool] = True  # its hooks keep their members' labels (see sinklens.run.hooks_of)
+
     def __repr__(self) -> str:
         return f"OnPass({self.pass_name!r}, {', '.join(map(repr, self.members))})"
 
     def hooks(self, ctx: RunContext) -> list[Hook]:
+        # each inner member keeps its own label and place, under this pass: OnPass("image", VAR()) and
+        # OnPass("noised", VAR()) are two members; two VAR in one pass are refused like two VAR anywhere
         wrapped = []
         for hook in ordered_hooks([hook for member in self.members for hook in hooks_of(member, ctx)], ctx):
             fn = partial(_on_pass, fn=hook.fn, pass_name=self.pass_name) if hook.writes else hook.fn
-            wrapped.append(Hook(hook.name, fn, prefill_only=hook.prefill_only, writes=hook.writes))
+            member = f"OnPass({self.pass_name!r}, {hook.member})" if hook.member else hook.member
+            wrapped.append(replace(hook, fn=fn, member=member))
         return wrapped
 
 
-def _on_pass(tensor: Tensor, ctx: RunContext, *, fn: Callable[..., Tensor | None], pass_name: str) -> Tensor:
+def _on_pass(tensor: Tensor, ctx: RunContext, *, fn: Callable[..., Tensor | None], pass_name: PassName) -> Tensor:
     if pass_name not in ctx.passes:
         raise PassError(
             f"OnPass({pass_name!r}, ...) needs a member that runs that pass; add VCD(...) to the stack "
@@ -163,8 +171,6 @@ def _on_pass(tensor: Tensor, ctx: RunContext, *, fn: Callable[..., Tensor | None
     others[ctx.passes[pass_name]] = False
     original = tensor[others].clone()  # the member may edit in place
     result = fn(tensor, ctx)
-    out = tensor if result is None else result
-    if torch.is_grad_enabled():
-        out = out.clone()
+    out = writable(tensor if result is None else result)
     out[others] = original
     return out

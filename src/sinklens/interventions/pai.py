@@ -12,14 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
-import torch
 from torch import Tensor
 
 # ops by name, not the package: a hook function shipped to NDIF carries only what it calls
 from sinklens.ops import boost_image_scores
 from sinklens.hook_points import block
 from sinklens.interventions import params
-from sinklens.interventions.base import Hook, RunContext, resolve_layers
+from sinklens.run import Hook, RunContext, resolve_layers, write_rows
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,12 +45,7 @@ class PAI:
 
 
 def _boost_scores(scores: Tensor, ctx: RunContext, *, alpha: float) -> Tensor:
-    n_queries, n_keys = scores.shape[-2:]
-    # only the rows of text queries after the image are read and written
-    first = int(ctx.image.text_start.min()) if ctx.prefill else 0
-    queries = ctx.text_queries(n_queries)[:, first:]
-    image = ctx.keys(ctx.image.mask, n_keys)
-    rows = boost_image_scores(scores[:, :, first:, :], image, queries, alpha=alpha)
-    out = scores.clone() if torch.is_grad_enabled() else scores
-    out[:, :, first:, :] = rows
-    return out
+    # only the rows of text queries after the image are read and written; masks on the scores' device
+    rows = ctx.query_rows(scores)
+    image = ctx.keys(ctx.image.mask, scores.shape[-1], scores.device)
+    return write_rows(scores, rows, boost_image_scores(rows.of(scores), image, rows.queries, alpha=alpha))

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from sinklens.errors import ParameterError
 
-# "paper" or "released"; a plain str so a wrong value reaches `convention()` and its message
-Convention = str
-CONVENTIONS: tuple[str, ...] = ("paper", "released")
+# Members whose fields are Literal modes are marked `@no_type_check`: a run-time type checker
+# (pytest's jaxtyping hook) would otherwise refuse a wrong value before `__post_init__` gives
+# sinklens' own message, which names the allowed values.
+Convention = Literal["paper", "released"]
+CONVENTIONS: tuple[str, ...] = get_args(Convention)
 
 
 def unit_interval(name: str, value: float) -> None:

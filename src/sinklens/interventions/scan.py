@@ -11,7 +11,7 @@ from torch import Tensor
 # ops by name, not the package: a hook function shipped to NDIF carries only what it calls
 from sinklens.ops import dimension_magnitudes
 from sinklens.hook_points import block
-from sinklens.interventions.base import Hook, RunContext, resolve_layers
+from sinklens.run import Hook, RunContext, resolve_layers
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,7 +29,8 @@ class SinkDimensionScan:
     def hooks(self, ctx: RunContext) -> list[Hook]:
         layers = resolve_layers(self.layers, ctx.n_layers, range(ctx.n_layers))
         dims = tuple(self.dims) if self.dims is not None else None
-        return [Hook(block(layer, "hook_resid_pre"), partial(_scan, layer=layer, dims=dims), prefill_only=True)
+        return [Hook(block(layer, "hook_resid_pre"), partial(_scan, layer=layer, dims=dims), prefill_only=True,
+                     writes=False)
                 for layer in layers]  # fmt: skip
 
 

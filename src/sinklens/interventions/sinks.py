@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import no_type_check
 
 from torch import Tensor
 
@@ -14,11 +15,12 @@ from sinklens.ops import sink_dimension_value, sink_mask
 from sinklens.errors import ParameterError, SinkDimensionError
 from sinklens.hook_points import block
 from sinklens.interventions import params
-from sinklens.interventions.base import Hook, RunContext, resolve_layers
+from sinklens.run import Hook, RunContext, resolve_layers
 
 PAPER_TAU = 20.0
 
 
+@no_type_check  # modes are checked by __post_init__, with sinklens' message (params.py)
 @dataclass(frozen=True, kw_only=True)
 class FindSinks:
     """Mark tokens with phi(x) >= tau at `blocks.{l}.hook_resid_pre`, once, on the prompt.
@@ -92,6 +94,6 @@ class FindSinks:
 
 def _find_sinks(resid: Tensor, ctx: RunContext, *, layer: int, dims: tuple[int, ...], tau: float, strict: bool) -> None:
     phi = sink_dimension_value(resid, dims)
-    ctx.phi[layer] = phi
+    ctx.found.phi[layer] = phi
     # padding is never a sink
-    ctx.sinks[layer] = sink_mask(phi, tau, strict=strict) & ctx.attention_mask.to(phi.device).bool()
+    ctx.found.sinks[layer] = sink_mask(phi, tau, strict=strict) & ctx.attention_mask.to(phi.device)

@@ -24,7 +24,10 @@ run in the order they are listed::
     print(stack.describe(ctx))                         # the run order, with reads and writes
 
 A Stack is accepted wherever a list of interventions is, and a list wherever a
-Stack is. `Edit(names, fn)` is the same as a pair, for several names at once or
+Stack is. A stack takes each intervention at most once per hook point (two
+VAR, two FindSinks or two VCD acting at one point are refused, naming them;
+give them disjoint layers or merge them); a user's own functions compose
+freely, in list order. `Edit(names, fn)` is the same as a pair, for several names at once or
 a read-only function (`writes=False`).
 """
 
@@ -33,17 +36,19 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor
 
 from sinklens.errors import StackError
 from sinklens.hook_points import parse
-from sinklens.interventions.base import Hook, HookFn, Intervention, Member, RunContext, hooks_of, ordered_hooks
+from sinklens.run import Hook, HookFn, Intervention, Member, Plan, RunContext, expand_inputs, ordered_hooks, plan
 
 
 class Stack:
     """Interventions and functions run as one: (layer, stage) order, then list order."""
+
+    repeatable: ClassVar[bool] = True  # its hooks keep their members' labels (see sinklens.run.hooks_of)
 
     def __init__(self, *members: Member) -> None:
         for member in members:
@@ -63,38 +68,23 @@ class Stack:
         """Every member's hooks in run order."""
         return ordered_hooks(self.members, ctx)
 
-    def plan(self, ctx: RunContext) -> list[PlanEntry]:
-        """What runs where, in run order: one entry per hook, naming its member, whether it writes and reads weights."""
-        labelled = [(hook, _label(member)) for member in self.members for hook in hooks_of(member, ctx)]
-        ordered = ordered_hooks([hook for hook, _ in labelled], ctx)
-        by_identity = {id(hook): label for hook, label in labelled}
-        return [
-            PlanEntry(name=hook.name, member=by_identity[id(hook)], writes=hook.writes, prefill_only=hook.prefill_only,
-                      weights=hook.weights)
-            for hook in ordered
-        ]
+    def plan(self, ctx: RunContext) -> Plan:
+        """What runs where: the hooks in run order, grouped by hook point (`sinklens.run.plan`)."""
+        return plan(self.members, ctx)
 
     def describe(self, ctx: RunContext) -> str:
-        """The plan as a table, one line per hook."""
+        """The plan as a table, one line per hook: point, reads/writes, member (or the user's function)."""
         lines = []
-        for entry in self.plan(ctx):
-            access = ("reads, writes" if entry.writes else "reads") + (" + weights" if entry.weights else "")
-            when = "  (prefill only)" if entry.prefill_only else ""
-            lines.append(f"{entry.name:<32} {access:<15} {entry.member}{when}")
+        for point in self.plan(ctx):
+            for hook in point.hooks:
+                access = ("reads, writes" if hook.writes else "reads") + (" + weights" if hook.weights else "")
+                when = "  (prefill only)" if hook.prefill_only else ""
+                lines.append(f"{hook.name:<32} {access:<15} {hook.member or _function_name(hook.fn)}{when}")
         return "\n".join(lines)
 
     def expand_inputs(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """The model inputs for a run of this stack (see `expand_inputs`)."""
+        """The model inputs for a run of this stack (see `sinklens.run.expand_inputs`)."""
         return expand_inputs(self.members, inputs)
-
-
-@dataclass(frozen=True)
-class PlanEntry:
-    name: str
-    member: str
-    writes: bool
-    prefill_only: bool
-    weights: bool = False  # the weight and bias of the module the point feeds (Hook(weights=True))
 
 
 @dataclass(frozen=True)
@@ -109,6 +99,7 @@ class Edit:
     names: str | Sequence[str]
     fn: HookFn
     writes: bool = True
+    repeatable: ClassVar[bool] = True  # a user's function: several compose, in list order
 
     def __post_init__(self) -> None:
         for name in self._names():
@@ -121,37 +112,6 @@ class Edit:
 
     def hooks(self, ctx: RunContext) -> list[Hook]:
         return [Hook(name, self.fn, writes=self.writes) for name in self._names()]
-
-
-def expand_inputs(members: Any, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Model inputs for a stack: unchanged, or as the one member that runs extra passes makes them.
-
-    VCD runs its noised-image pass in the same batch as the image pass: it
-    returns the inputs with a noised copy of every prompt appended. Runners call
-    this; call it yourself before your own trace or bridge run of such a stack.
-    """
-    expanders = [member for member in _flatten(members) if callable(getattr(member, "expand_inputs", None))]
-    if len(expanders) > 1:
-        raise StackError(
-            f"{len(expanders)} members run extra passes ({', '.join(_label(m) for m in expanders)}); a stack "
-            "holds at most one (one VCD), since each would double the batch its own way"
-        )
-    if not expanders:
-        return dict(inputs)
-    return expanders[0].expand_inputs(inputs)
-
-
-def _flatten(members: Any) -> Iterator[Any]:
-    if isinstance(members, Hook) or isinstance(members, tuple) and _is_pair(members):
-        return
-    if isinstance(members, (Stack, list, tuple)):
-        for member in members:
-            yield from _flatten(member)
-        return
-    if isinstance(members, Intervention) and hasattr(members, "members"):  # OnPass and other wrappers
-        yield from _flatten(list(members.members))
-        return
-    yield members
 
 
 def _is_pair(member: tuple) -> bool:
@@ -185,5 +145,6 @@ def _label(member: Any) -> str:
 
 
 def _function_name(fn: Callable[..., Any]) -> str:
-    fn = fn.func if isinstance(fn, partial) else fn
+    while isinstance(fn, partial):
+        fn = fn.func
     return getattr(fn, "__qualname__", repr(fn))

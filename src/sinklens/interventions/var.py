@@ -5,22 +5,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Literal, get_args, no_type_check
 
 import torch
 from torch import Tensor
 
-from sinklens.errors import MissingSinksError
 # ops by name, not the package: a hook function shipped to NDIF carries only what it calls
 from sinklens.ops import image_centric, redistribute, visual_nonsink_ratio
 from sinklens.hook_points import block
 from sinklens.interventions import params
-from sinklens.interventions.base import Hook, RunContext, resolve_layers
+from sinklens.run import Hook, RunContext, resolve_layers, write_rows
 
 RELEASED_EPS_PER_IMAGE_TOKEN = 1e-6
-HEAD_MODES = ("image_centric", "all")
-DESTINATIONS = ("image", "text", "both")
+HeadMode = Literal["image_centric", "all"]
+Destination = Literal["image", "text", "both"]
+HEAD_MODES: tuple[str, ...] = get_args(HeadMode)
+DESTINATIONS: tuple[str, ...] = get_args(Destination)
 
 
+@no_type_check  # modes are checked by __post_init__, with sinklens' message (params.py)
 @dataclass(frozen=True, kw_only=True)
 class VAR:
     """Move `p` of the sink attention of image-centric (head, query) pairs onto visual non-sinks.
@@ -50,8 +53,8 @@ class VAR:
     summ: float = 0.2
     convention: params.Convention = "paper"
     layers: Sequence[int] | None = None
-    heads: str = "image_centric"
-    destination: str = "image"
+    heads: HeadMode = "image_centric"
+    destination: Destination = "image"
 
     def __post_init__(self) -> None:
         for name in ("p", "rho", "summ"):
@@ -71,40 +74,47 @@ class VAR:
 
 def _redistribute_pattern(
     pattern: Tensor, ctx: RunContext, *, layer: int, p: float, rho: float, summ: float, released: bool,
-    heads: str = "image_centric", destination: str = "image",
+    heads: HeadMode = "image_centric", destination: Destination = "image",
 ) -> Tensor:
-    sinks = ctx.sinks.get(layer)
-    if sinks is None:
-        raise MissingSinksError(
-            f"VAR at layer {layer} needs that layer's sink set: put FindSinks(...) before VAR in the "
-            f"stack, with its layers covering {layer}"
-        )
-    n_queries, n_keys = pattern.shape[-2:]
-    queries = ctx.text_queries(n_queries, pattern.device)
+    sinks = ctx.layer_sinks(layer, "VAR")
+    n_keys = pattern.shape[-1]
     # only the rows of text queries after the image are read and written (each prompt's own rows
-    # are chosen by `queries`; in a left-padded batch the earliest text start bounds them all)
-    first = int(ctx.image.text_start.min()) if ctx.prefill else 0
-    rows = pattern[:, :, first:, :]
-    if not released:
-        rows = rows.float()
+    # are chosen by `rows.queries`; in a left-padded batch the earliest text start bounds them all)
+    rows = ctx.query_rows(pattern)
     image = ctx.keys(ctx.image.mask, n_keys, pattern.device)
     sink = ctx.keys(sinks, n_keys, pattern.device)
+    new_rows, selected = edit_rows(
+        rows.of(pattern), image, sink, rows.queries, p=p, rho=rho, summ=summ, released=released, heads=heads,
+        destination=destination,
+    )
+    ctx.record("var", {"layer": layer, "step": ctx.step, "n_image_centric": int(selected.sum())})
+    # in place when nothing needs the original for backward: no full [q, k] copy
+    return write_rows(pattern, rows, new_rows)
+
+
+def edit_rows(
+    rows: Tensor, image: Tensor, sink: Tensor, queries: Tensor, *, p: float, rho: float, summ: float,
+    released: bool, heads: HeadMode = "image_centric", destination: Destination = "image",
+) -> tuple[Tensor, Tensor]:
+    """VAR on attention rows `[batch, head, query, key]`: (the new rows, the (head, query) pairs selected).
+
+    `image` and `sink` are key masks `[batch, key]`, `queries` `[batch, query]`
+    the rows VAR may act on. The paper convention computes in fp32; the
+    released one in the rows' dtype, as the authors' code does.
+    """
+    if not released:
+        rows = rows.float()
     ratio, image_attention = visual_nonsink_ratio(
         rows, image, sink, eps_per_image_token=RELEASED_EPS_PER_IMAGE_TOKEN if released else 0.0
     )
     if heads == "all":
-        selected = queries[:, None, first:].expand(ratio.shape)
+        selected = queries[:, None, :].expand(ratio.shape)
     else:
         selected = image_centric(ratio, image_attention, rho=rho, summ=summ, inverted_rho=released)
-        selected &= queries[:, None, first:]
+        selected &= queries[:, None, :]
         if released:  # the released code selects nothing in a layer without a visual sink
             selected &= (image & sink).any(-1)[:, None, None]
     keep = p if released else 1.0 - p
     # padding keys hold no attention, so they never receive any in proportion
     target = {"image": image, "text": ~image, "both": torch.ones_like(image)}[destination] & ~sink
-    new_rows = redistribute(rows, sink, target, selected, keep=keep)
-    ctx.record("var", {"layer": layer, "step": ctx.step, "n_image_centric": int(selected.sum())})
-    # in place when nothing needs the original for backward: no full [q, k] copy
-    out = pattern.clone() if torch.is_grad_enabled() else pattern
-    out[:, :, first:, :] = new_rows.to(pattern.dtype)
-    return out
+    return redistribute(rows, sink, target, selected, keep=keep), selected

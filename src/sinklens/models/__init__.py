@@ -1,5 +1,6 @@
 """Load models and describe them: hook catalogue, image spans, patch grid, sink dimensions."""
 
+from sinklens.models.builtins import BUILTIN_NAMES, BuiltIn
 from sinklens.models.catalogue import HookCatalogue, catalogue_for, supported_architectures
 from sinklens.models.loading import BUILTINS, LoadedModel, from_hf, load
 from sinklens.models.sink_dims import KNOWN, SinkDims, known_sink_dims
@@ -7,6 +8,8 @@ from sinklens.models.spans import ImageGrid, ImageSpans, Tile
 
 __all__ = [
     "BUILTINS",
+    "BUILTIN_NAMES",
+    "BuiltIn",
     "KNOWN",
     "HookCatalogue",
     "ImageGrid",

@@ -2,7 +2,7 @@
 
 A file maps every TransformerLens-style hook name (see `sinklens.hook_points`)
 to the path where a backend finds it, and says where the image token id, the
-decoder layers and the patch grid come from. Code asks the catalogue; no module
+text model's config and the patch grid come from. Code asks the catalogue; no module
 path is written anywhere else.
 """
 
@@ -19,7 +19,7 @@ from sinklens.errors import CatalogueError, UnknownArchitectureError
 from sinklens.hook_points import LAYER_POINTS, MODEL_POINTS, HookPoint
 from sinklens.models.spans import GRID_RULES
 
-_REQUIRED = ("architectures", "family", "image_token_field", "layers", "text_config_field", "grid")
+_REQUIRED = ("architectures", "family", "image_token_field", "text_config_field", "grid")
 _GRID_RULES = tuple(GRID_RULES)
 TL_ENTRY = "entry"
 _PATH_END = re.compile(r"\.(input|output(\.\d+)?)$")
@@ -47,7 +47,6 @@ class HookCatalogue:
     architectures: tuple[str, ...]
     family: str
     image_token_field: str
-    layers: str
     text_config_field: str
     grid: str
     nnsight: dict[str, str]
@@ -56,13 +55,13 @@ class HookCatalogue:
 
     def nnsight_path(self, hook: HookPoint) -> str:
         """The nnsight path of a hook point, with its layer filled in."""
-        template = self.nnsight[hook.point]
-        return template.format(layer=hook.layer) if hook.point in LAYER_POINTS else template
+        template = self.nnsight[hook.kind]
+        return template.format(layer=hook.layer) if hook.kind in LAYER_POINTS else template
 
     def transformer_lens_name(self, hook: HookPoint) -> str:
         """The TransformerBridge hook name of a hook point, with its layer filled in."""
-        template = self._transformer_lens_table()[hook.point]
-        return template.format(layer=hook.layer) if hook.point in LAYER_POINTS else template
+        template = self._transformer_lens_table()[hook.kind]
+        return template.format(layer=hook.layer) if hook.kind in LAYER_POINTS else template
 
     @property
     def transformer_lens_entry(self) -> str:
@@ -114,7 +113,6 @@ class HookCatalogue:
             architectures=tuple(data["architectures"]),
             family=data["family"],
             image_token_field=data["image_token_field"],
-            layers=data["layers"],
             text_config_field=data["text_config_field"],
             grid=data["grid"],
             nnsight=nnsight,

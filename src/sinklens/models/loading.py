@@ -26,26 +26,14 @@ from sinklens.errors import (
     ParameterError,
     UnknownArchitectureError,
 )
+from sinklens.models.builtins import BUILTIN_MODELS, DEFAULT_MODEL, builtin  # noqa: F401  (DEFAULT_MODEL: the CLI's)
 from sinklens.models.catalogue import HookCatalogue, catalogue_for
 from sinklens.models.processors import load_processor
 from sinklens.models.sink_dims import known_sink_dims
 from sinklens.models.spans import ImageSpans, image_spans, square_grid
-from sinklens.models.tiny import build_tiny_llava
-from sinklens.models.tiny_internvl import build_tiny_internvl
-from sinklens.models.tiny_next import build_tiny_llava_next
-from sinklens.models.tiny_qwen import build_tiny_qwen2_5_vl, build_tiny_qwen2_vl
-from sinklens.models.toy_llava import load_toy_llava
 
-BUILTINS: dict[str, Callable[[], tuple[Any, Any]]] = {
-    "toy-llava": load_toy_llava,  # SmolLM2 + DINOv2, a trained projector and LM adapter: the default model
-    # random weights with planted sinks, one per architecture: tests of the mechanics
-    "tiny-llava": build_tiny_llava,
-    "tiny-llava-next": build_tiny_llava_next,
-    "tiny-qwen2-vl": build_tiny_qwen2_vl,
-    "tiny-qwen2.5-vl": build_tiny_qwen2_5_vl,
-    "tiny-internvl": build_tiny_internvl,
-}
-DEFAULT_MODEL = "toy-llava"
+# name -> () -> (model, processor), from the records in builtins.py
+BUILTINS: dict[str, Callable[[], tuple[Any, Any]]] = {record.name: record.build for record in BUILTIN_MODELS}
 
 # the attention routes a LoadedModel can run (docs/architecture.md, "Attention routes")
 ATTENTION_ROUTES = ("eager", "rows")
@@ -56,18 +44,7 @@ Images = Image.Image | Sequence[Image.Image]
 
 def demo_scene(name: str) -> Image.Image:
     """A scene whose white blocks the planted built-in `name` turns into visual sinks (toy-llava: a held-out scene)."""
-    if name == "toy-llava":
-        from sinklens.data.scenes import scene
-
-        return scene("heldout", 0).image()
-    from sinklens.models.tiny import draw_scene
-    from sinklens.models.tiny_internvl import draw_internvl_scene
-    from sinklens.models.tiny_next import draw_wide_scene
-    from sinklens.models.tiny_qwen import draw_qwen_scene
-
-    scenes = {"tiny-llava-next": draw_wide_scene, "tiny-qwen2-vl": draw_qwen_scene,
-              "tiny-qwen2.5-vl": draw_qwen_scene, "tiny-internvl": draw_internvl_scene}
-    return scenes.get(name, draw_scene)()
+    return builtin(name).scene()
 
 
 @dataclass

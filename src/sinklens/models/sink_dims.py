@@ -5,6 +5,7 @@ entry names the checkpoint and says whether the dimensions were measured here
 or cited (and from where). For a checkpoint not listed, find them with
 `sinklens discover-sink-dims --model NAME` and pass them as
 `FindSinks(dims=...)` / `sinklens run --sink-dims ...`, or add an entry here.
+The built-ins' entries come from their records (`builtins.py`).
 
 >>> known_sink_dims("llava-hf/llava-1.5-7b-hf").dims
 (1415, 2533)
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sinklens.models.tiny import TINY_SINK_DIM
+from sinklens.models.builtins import BUILTIN_MODELS
 
 
 @dataclass(frozen=True)
@@ -25,10 +26,6 @@ class SinkDims:
     source: str
     tau: float | None = None
     tau_reason: str | None = None
-
-
-def _planted(where: str) -> str:
-    return f"planted by construction ({where}: BOS and white patches)"
 
 
 _LLAMA2_7B = "cited: LLaMA-2-7B massive activations (Sun et al. 2024, arXiv 2402.17762; Kang et al. 2025)"
@@ -44,23 +41,10 @@ _INTERNLM2 = (
 )
 
 KNOWN: dict[str, SinkDims] = {
-    "tiny-llava": SinkDims((TINY_SINK_DIM,), "planted by construction (sinklens.models.tiny.plant_sinks)"),
-    "tiny-llava-next": SinkDims((TINY_SINK_DIM,), _planted("sinklens.models.tiny.plant_sinks")),
-    "tiny-qwen2-vl": SinkDims((TINY_SINK_DIM,), _planted("sinklens.models.tiny_qwen.plant_qwen_sinks")),
-    "tiny-qwen2.5-vl": SinkDims((TINY_SINK_DIM,), _planted("sinklens.models.tiny_qwen.plant_qwen_sinks")),
-    "tiny-internvl": SinkDims((TINY_SINK_DIM,), _planted("sinklens.models.tiny_internvl.plant_internvl_sinks")),
-    "toy-llava": SinkDims(
-        (507,),
-        "measured here: `sinklens discover-sink-dims --model toy-llava` finds 507 alone at SPEC's threshold "
-        "of 20 (docs/toy-llava.md; SmolLM2-135M's massive activation)",
-        tau=20.0,
-        tau_reason=(
-            "20 absolute (0.83 of phi's ceiling 24). The first token sits at 22.8-23.8 in layers 3-9 and 12-29 and "
-            "no image token reaches 20 (at most 18.0 in 8 prompts); the width-relative 0.3125 * 24 = 7.5 "
-            "marks 89 of 100 image tokens and "
-            "34 text tokens per layer (docs/toy-llava.md, 'tau')"
-        ),
-    ),
+    **{
+        record.name: SinkDims(record.sink_dims, record.sink_dims_source, record.tau, record.tau_reason)
+        for record in BUILTIN_MODELS
+    },
     "llava-hf/llava-1.5-7b-hf": SinkDims((1415, 2533), _LLAMA2_7B),
     "llava-hf/llava-1.5-13b-hf": SinkDims((2100, 4743), _LLAMA2_13B),
     "Qwen/Qwen2-VL-7B": SinkDims((458, 2570), _QWEN2_7B),

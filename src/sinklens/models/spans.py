@@ -74,19 +74,12 @@ class ImageSpans:
 
     `mask` marks the visual tokens (I_vis), `region` every placeholder position
     (visual tokens and image newlines; the mask when not given), `images` the
-    grid of every image, in order (empty when built from input ids alone).
+    grid of every image, in order (empty when built from masks alone).
     """
 
     mask: Bool[Tensor, "batch pos"]
     region: Bool[Tensor, "batch pos"] | None = None
     images: tuple[ImageGrid, ...] = field(default=())
-
-    @classmethod
-    def from_input_ids(cls, input_ids: Int[Tensor, "batch pos"], image_token_id: int) -> ImageSpans:
-        """Every placeholder token is a visual token; no grids (`image_spans` knows them)."""
-        mask = input_ids == image_token_id
-        _refuse_prompts_without_images(mask, image_token_id)
-        return cls(mask=mask)
 
     @property
     def text_start(self) -> Int[Tensor, " batch"]:
@@ -94,17 +87,6 @@ class ImageSpans:
         region = self.mask if self.region is None else self.region
         positions = torch.arange(region.shape[-1], device=region.device)
         return torch.where(region, positions, -1).amax(-1) + 1
-
-    def spans(self) -> list[list[tuple[int, int]]]:
-        """Per prompt, the (start, stop) of each contiguous run of visual tokens."""
-        padded = torch.nn.functional.pad(self.mask.to(torch.int8), (1, 1))
-        edges = padded.diff(dim=-1)
-        result: list[list[tuple[int, int]]] = []
-        for row in edges:  # one prompt at a time; not a hot path
-            starts = (row == 1).nonzero().flatten().tolist()
-            stops = (row == -1).nonzero().flatten().tolist()
-            result.append(list(zip(starts, stops, strict=True)))
-        return result
 
     def images_of(self, prompt: int) -> list[ImageGrid]:
         """The grids of one prompt's images, in order."""

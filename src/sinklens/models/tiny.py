@@ -1,8 +1,8 @@
 """tiny-llava: a real `LlavaForConditionalGeneration` built offline, for tests and quick runs.
 
-Random weights from a small config (fixed seed), a word-level tokenizer made
-with the `tokenizers` library and a CLIP image processor from a config: nothing
-is downloaded. With `plant_sinks=True` (the default of the built-in) the weights
+Random weights from a small config (fixed seed), a word-level tokenizer
+(`tiny_shared.tiny_tokenizer`) and a CLIP image processor from a config: nothing
+is downloaded. With `plant=True` (the default of the built-in) the weights
 are edited so that BOS and every near-white image patch carry a massive value
 in `TINY_SINK_DIM`, as trained LLaMA-family models do in their sink dimensions:
 
@@ -20,62 +20,19 @@ from __future__ import annotations
 import torch
 from PIL import Image, ImageDraw
 
-TINY_SINK_DIM = 7
-SINK_VALUE = 40.0
-IMAGE_SIZE = 84
-PATCH_SIZE = 14
-
-_SPECIAL = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
-_WORDS = (
-    "a chat about one image . , : ? ! user assistant system "
-    "is are there the an in on of and or not no yes what which where how many colour color "
-    "shape size position describe picture photo scene image object objects thing things "
-    "red green blue yellow white black gray grey orange purple pink brown "
-    "circle square triangle star ball box cube disk "
-    "small large big tiny left right top bottom middle centre center corner background "
-    "one two three it its this that see do does you can please answer word"
-).split()
-CHAT_TEMPLATE = (
-    "a chat about one image ."
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %} user : "
-    "{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<image> {% else %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}"
-    "{% else %} assistant : {{ message['content'][0]['text'] }} </s>{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %} assistant :{% endif %}"
+from sinklens.models.tiny_shared import (
+    CHAT_TEMPLATE,
+    TINY_SINK_DIM,
+    brightness_channel,
+    plant_text_sink,
+    plant_white_detector,
+    seeded,
+    tiny_text_config,
+    tiny_tokenizer,
 )
 
-
-def tiny_tokenizer(extra_special_tokens: dict[str, str] | None = None):
-    """A lower-casing word-level tokenizer over a fixed scene vocabulary.
-
-    `extra_special_tokens` (attribute name -> token, default `{"image_token": "<image>"}`)
-    become tokenizer attributes (`tok.image_token`, `tok.image_token_id`); tokens
-    not yet in the vocabulary are appended after it, so existing ids never move.
-    """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    extra = dict(extra_special_tokens or {"image_token": "<image>"})
-    tokens = _SPECIAL + _WORDS
-    tokens += [token for token in dict.fromkeys(extra.values()) if token not in tokens]
-    vocab = {word: i for i, word in enumerate(tokens)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        extra_special_tokens=extra,
-        padding_side="left",
-    )
+IMAGE_SIZE = 84
+PATCH_SIZE = 14
 
 
 def tiny_processor():
@@ -99,20 +56,8 @@ def tiny_llava_config(*, n_kv_heads: int = 8):
     """LLaVA-1.5's structure at toy size: CLIP tower, 2-layer MLP projector, LLaMA text model."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
-    n_tokens = len(_SPECIAL) + len(_WORDS)
-    text = LlamaConfig(
-        vocab_size=n_tokens,
-        hidden_size=512,  # phi is at most sqrt(d_model): 22.6 here, so tau = 20 is reachable
-        intermediate_size=1024,
-        num_hidden_layers=6,
-        num_attention_heads=8,
-        num_key_value_heads=n_kv_heads,
-        max_position_embeddings=512,
-        rope_theta=10000.0,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=3,
-    )
+    tokenizer = tiny_tokenizer()
+    text = LlamaConfig(**tiny_text_config(tokenizer, n_kv_heads=n_kv_heads))
     vision = CLIPVisionConfig(
         hidden_size=32,
         intermediate_size=64,
@@ -125,28 +70,21 @@ def tiny_llava_config(*, n_kv_heads: int = 8):
     return LlavaConfig(
         vision_config=vision,
         text_config=text,
-        image_token_id=_SPECIAL.index("<image>"),
+        image_token_id=tokenizer.image_token_id,
         vision_feature_select_strategy="default",
         vision_feature_layer=-2,
         projector_hidden_act="gelu",
     )
 
 
-@torch.no_grad()
-def plant_sinks(model, dim: int = TINY_SINK_DIM, value: float = SINK_VALUE) -> None:
+def plant_sinks(model, dim: int = TINY_SINK_DIM) -> None:
     """Give BOS and near-white image patches a massive activation in `dim` (see module doc)."""
-    text = model.config.text_config
-    model.model.language_model.embed_tokens.weight[text.bos_token_id, dim] = value
+    plant_text_sink(model.model.language_model.embed_tokens, model.config.text_config.bos_token_id, dim)
     # vision channel 0 = mean normalised brightness of the patch, scaled to dominate the others
-    conv = model.model.vision_tower.embeddings.patch_embedding
-    conv.weight[0] = 4.0 / conv.weight[0].numel()
+    brightness_channel(model.model.vision_tower.embeddings.patch_embedding.weight, scale=4.0)
     projector = model.model.multi_modal_projector
-    unit = 0
-    projector.linear_1.weight[unit] = 0.0
-    projector.linear_1.weight[unit, 0] = 8.0
-    projector.linear_1.bias[unit] = -20.0  # only a patch with channel 0 near its maximum gets through
-    projector.linear_2.weight[:, unit] = 0.0
-    projector.linear_2.weight[dim, unit] = 6.0
+    # only a patch with channel 0 near its maximum gets through
+    plant_white_detector(projector.linear_1, projector.linear_2, [0], weight=8.0, bias=-20.0, dim=dim)
 
 
 def build_tiny_llava(*, seed: int = 0, plant: bool = True, n_kv_heads: int = 8):
@@ -155,12 +93,7 @@ def build_tiny_llava(*, seed: int = 0, plant: bool = True, n_kv_heads: int = 8):
 
     config = tiny_llava_config(n_kv_heads=n_kv_heads)
     config._attn_implementation = "eager"
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        model = LlavaForConditionalGeneration(config)
-    finally:
-        torch.random.set_rng_state(generator_state)
+    model = seeded(lambda: LlavaForConditionalGeneration(config), seed)
     if plant:
         plant_sinks(model)
     return model.eval(), tiny_processor()

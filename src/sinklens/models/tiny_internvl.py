@@ -23,15 +23,16 @@ from __future__ import annotations
 from typing import Any
 
 from sinklens.models.processors import image_only
-from sinklens.models.tiny import TINY_SINK_DIM, tiny_tokenizer
 from sinklens.models.tiny_shared import (
+    TINY_SINK_DIM,
     brightness_channel,
     chat_template,
     draw_blocks,
     plant_text_sink,
     plant_white_detector,
     seeded,
-    vocab_size,
+    tiny_text_config,
+    tiny_tokenizer,
 )
 
 TILE = 112
@@ -63,19 +64,7 @@ def tiny_internvl_processor() -> Any:
 def tiny_internvl_config(tokenizer: Any):
     from transformers import InternVLConfig, InternVLVisionConfig, Qwen2Config
 
-    text = Qwen2Config(
-        vocab_size=vocab_size(tokenizer),
-        hidden_size=512,  # phi is at most sqrt(d_model): 22.6 here, so tau = 20 is reachable
-        intermediate_size=1024,
-        num_hidden_layers=6,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        rope_theta=10000.0,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    text = Qwen2Config(**tiny_text_config(tokenizer, n_kv_heads=2))
     vision = InternVLVisionConfig(
         hidden_size=VISION_WIDTH, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
         image_size=[TILE, TILE], patch_size=[PATCH, PATCH],

@@ -22,15 +22,16 @@ from __future__ import annotations
 from typing import Any
 
 from sinklens.models.processors import image_only
-from sinklens.models.tiny import TINY_SINK_DIM, tiny_tokenizer
 from sinklens.models.tiny_shared import (
+    TINY_SINK_DIM,
     brightness_channel,
     chat_template,
     draw_blocks,
     plant_text_sink,
     plant_white_detector,
     seeded,
-    vocab_size,
+    tiny_text_config,
+    tiny_tokenizer,
 )
 
 PATCH = 14
@@ -63,20 +64,9 @@ def tiny_qwen_processor(processor_class: type) -> Any:
 
 
 def _text_config(tokenizer: Any) -> dict[str, Any]:
-    return {
-        "vocab_size": vocab_size(tokenizer),
-        "hidden_size": 512,  # phi is at most sqrt(d_model): 22.6 here, so tau = 20 is reachable
-        "intermediate_size": 1024,
-        "num_hidden_layers": 6,
-        "num_attention_heads": 8,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 512,
-        # head_dim 64: 32 rotary frequencies split over (temporal, height, width)
-        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12]},
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
+    # head_dim 64: 32 rotary frequencies split over (temporal, height, width)
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12]}
+    return tiny_text_config(tokenizer, n_kv_heads=2, rope=rope)
 
 
 def _token_ids(tokenizer: Any) -> dict[str, int]:

@@ -1,10 +1,11 @@
-"""What the tiny built-ins share: chat templates, seeded construction, planted text sinks, scenes.
+"""What the tiny built-ins share: tokenizer, chat templates, text model, seeded construction, planted sinks, scenes.
 
 Every tiny built-in is a real transformers class at toy size with random
-weights (a fixed seed), a word-level tokenizer (`tiny.tiny_tokenizer`) and a
-processor built from a config: nothing is downloaded. BOS and near-white image
-patches carry a planted massive value in `TINY_SINK_DIM`, so the visual
-attention sink exists by construction and VAR can be tested against an oracle.
+weights (a fixed seed, `seeded`), one text model shape (`tiny_text_config`), a
+word-level tokenizer (`tiny_tokenizer`) and a processor built from a config:
+nothing is downloaded. BOS and near-white image patches carry a planted
+massive value in `TINY_SINK_DIM`, so the visual attention sink exists by
+construction and VAR can be tested against an oracle.
 """
 
 from __future__ import annotations
@@ -15,7 +16,61 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
-from sinklens.models.tiny import CHAT_TEMPLATE, SINK_VALUE, TINY_SINK_DIM
+TINY_SINK_DIM = 7
+SINK_VALUE = 40.0
+
+_SPECIAL = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+_WORDS = (
+    "a chat about one image . , : ? ! user assistant system "
+    "is are there the an in on of and or not no yes what which where how many colour color "
+    "shape size position describe picture photo scene image object objects thing things "
+    "red green blue yellow white black gray grey orange purple pink brown "
+    "circle square triangle star ball box cube disk "
+    "small large big tiny left right top bottom middle centre center corner background "
+    "one two three it its this that see do does you can please answer word"
+).split()
+CHAT_TEMPLATE = (
+    "a chat about one image ."
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %} user : "
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image> {% else %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}"
+    "{% else %} assistant : {{ message['content'][0]['text'] }} </s>{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %} assistant :{% endif %}"
+)
+
+
+def tiny_tokenizer(extra_special_tokens: dict[str, str] | None = None):
+    """A lower-casing word-level tokenizer over a fixed scene vocabulary.
+
+    `extra_special_tokens` (attribute name -> token, default `{"image_token": "<image>"}`)
+    become tokenizer attributes (`tok.image_token`, `tok.image_token_id`); tokens
+    not yet in the vocabulary are appended after it, so existing ids never move.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    extra = dict(extra_special_tokens or {"image_token": "<image>"})
+    tokens = _SPECIAL + _WORDS
+    tokens += [token for token in dict.fromkeys(extra.values()) if token not in tokens]
+    vocab = {word: i for i, word in enumerate(tokens)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens=extra,
+        padding_side="left",
+    )
+
 
 # a dark background and two coloured shapes, as in tiny.draw_scene
 BACKGROUND = (40, 40, 60)
@@ -30,6 +85,27 @@ def chat_template(image_markup: str) -> str:
 def vocab_size(tokenizer: Any) -> int:
     """Embedding rows the tokenizer needs (its vocabulary may skip ids)."""
     return max(tokenizer.get_vocab().values()) + 1
+
+
+def tiny_text_config(tokenizer: Any, *, n_kv_heads: int, rope: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The language model of every tiny built-in (6 layers, width 512, 8 query heads), as config keyword arguments.
+
+    `n_kv_heads` < 8 gives GQA; `rope` replaces the default rotary parameters
+    (theta 10000), e.g. with Qwen2-VL's multimodal sections.
+    """
+    return {
+        "vocab_size": vocab_size(tokenizer),
+        "hidden_size": 512,  # phi is at most sqrt(d_model): 22.6 here, so tau = 20 is reachable
+        "intermediate_size": 1024,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 8,
+        "num_key_value_heads": n_kv_heads,
+        "max_position_embeddings": 512,
+        "rope_parameters": rope or {"rope_type": "default", "rope_theta": 10000.0},
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
 
 
 def seeded(build: Callable[[], torch.nn.Module], seed: int) -> torch.nn.Module:

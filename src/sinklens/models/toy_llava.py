@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from sinklens.models import parts
+from sinklens.models.tiny_shared import seeded
 
 IMAGE_SIZE = 140  # 10 x 10 patches of 14 px: 100 image tokens
 PATCH_SIZE = 14
@@ -181,10 +182,8 @@ def build_toy_llava(
     config.text_config._attn_implementation = attn_implementation
     config.vision_config._attn_implementation = "sdpa" if attn_implementation != "eager" else "eager"
 
-    generator = torch.random.get_rng_state()
-    torch.manual_seed(0)  # the projector's initialisation, for training runs
-    model = LlavaForConditionalGeneration(config)
-    torch.random.set_rng_state(generator)
+    # seeded: the projector's initialisation, for training runs
+    model = seeded(lambda: LlavaForConditionalGeneration(config), 0)
 
     embeddings = lm_state.pop("model.embed_tokens.weight")
     # the <image> row is never looked up (image features replace it); give it the mean embedding

@@ -7,6 +7,7 @@ each head's output per key is computed once, never per (query, key) pair.
 from __future__ import annotations
 
 import einops
+from sinklens.errors import ShapeError
 from sinklens.ops._typing import Float
 from torch import Tensor
 
@@ -19,7 +20,10 @@ def head_value_outputs(
     """W_O^h v_j^h for every head and key; GQA key/value heads are shared by their query heads."""
     n_kv = value.shape[1]
     if n_heads % n_kv:
-        raise ValueError(f"{n_heads} query heads cannot share {n_kv} key/value heads evenly")
+        raise ShapeError(
+            f"{n_heads} query heads cannot share {n_kv} key/value heads evenly; pass the value tensor and the "
+            "head count of one attention layer (n_heads a multiple of the key/value heads)"
+        )
     value = einops.repeat(value, "batch kv key d -> batch (kv group) key d", group=n_heads // n_kv)
     w_o = einops.rearrange(w_o, "d_model (head d) -> head d d_model", head=n_heads)
     return einops.einsum(value, w_o, "batch head key d, head d d_model -> batch head key d_model")

@@ -15,6 +15,7 @@ threshold) in most layers from `first_layer` on, in (nearly) every prompt.
 from __future__ import annotations
 
 import torch
+from sinklens.errors import ParameterError
 from sinklens.ops._typing import Bool, Float
 from torch import Tensor
 
@@ -48,9 +49,12 @@ def discover_sink_dims(
     Dimensions come back ordered by how often they are massive, most first.
     """
     if not 0 <= first_layer < magnitudes.shape[1]:
-        raise ValueError(f"first_layer {first_layer} is outside the {magnitudes.shape[1]} layers scanned")
+        raise ParameterError(
+            f"first_layer {first_layer} is outside the {magnitudes.shape[1]} layers scanned; "
+            f"give a layer in 0..{magnitudes.shape[1] - 1}"
+        )
     if not candidates.any():
-        raise ValueError("no candidate tokens: mark at least the first token of each prompt")
+        raise ParameterError("no candidate tokens: mark at least the first token of each prompt")
     massive = massive_layers(magnitudes, candidates, threshold)[:, first_layer:]  # [prompt, layer, d]
     layer_fraction = massive.float().mean(dim=1)  # [prompt, d]
     qualifies = layer_fraction > layer_share

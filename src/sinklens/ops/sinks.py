@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from sinklens.errors import SinkDimensionError
 from sinklens.ops._typing import Bool, Float
 from torch import Tensor
 
@@ -36,7 +37,14 @@ def sink_dimension_value(
 ) -> Float[Tensor, "batch pos"]:
     """phi(x): the largest |x_d| / RMS(x) over the sink dimensions, per token, in fp32."""
     if len(dims) == 0:
-        raise ValueError("dims is empty: phi needs at least one sink dimension")
+        raise SinkDimensionError("dims is empty: phi needs at least one sink dimension; give one or more")
+    width = resid.shape[-1]
+    bad = [d for d in dims if not 0 <= d < width]
+    if bad:
+        raise SinkDimensionError(
+            f"sink dimensions {bad} do not exist: the residual stream has dimensions 0..{width - 1}; "
+            "give dimensions in that range (sinklens discover-sink-dims finds them)"
+        )
     x = resid.float()
     rms = x.pow(2).mean(-1).add(eps).sqrt()
     index = torch.as_tensor(list(dims), device=x.device, dtype=torch.long)

@@ -1,0 +1,143 @@
+"""The built-in models, one record each: how to build it, its demo scene, its sink dimensions, its visual sinks.
+
+`sinklens.load(name)` builds a built-in from its record, `sink_dims.KNOWN` takes
+its sink dimensions from it, `loading.demo_scene(name)` draws its scene, and the
+tests run every planted one on its scene and expect a visual sink at each cell
+of `visual_sinks`. Adding a built-in is adding a record here.
+
+>>> builtin("tiny-llava").architecture
+'LlavaForConditionalGeneration'
+>>> BUILTIN_NAMES[0] == DEFAULT_MODEL
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from sinklens.errors import ParameterError
+from sinklens.models.tiny import build_tiny_llava, draw_scene, plant_sinks
+from sinklens.models.tiny_internvl import build_tiny_internvl, draw_internvl_scene, plant_internvl_sinks
+from sinklens.models.tiny_next import build_tiny_llava_next, draw_wide_scene
+from sinklens.models.tiny_qwen import build_tiny_qwen2_5_vl, build_tiny_qwen2_vl, draw_qwen_scene, plant_qwen_sinks
+from sinklens.models.tiny_shared import TINY_SINK_DIM
+from sinklens.models.toy_llava import load_toy_llava
+
+Cell = tuple[str, int, int]  # (tile name, row, col) on the grids of `ImageSpans.images`
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuiltIn:
+    """A model `sinklens.load` builds offline, and what is known of its sinks."""
+
+    name: str
+    architecture: str  # the transformers class `build` returns; a hooks/*.toml file lists it
+    build: Callable[[], tuple[Any, Any]]  # () -> (model, processor): fp32, eager attention, on the CPU
+    scene: Callable[[], Image.Image]  # the demo scene
+    sink_dims: tuple[int, ...]
+    sink_dims_source: str  # starts "planted" or "measured here", as every sink_dims.KNOWN entry
+    tau: float | None = None  # the model's default sink threshold, when it is not the paper's 20
+    tau_reason: str | None = None
+    # (tile name, row, col) of every visual sink the planted weights make on `scene`; empty when
+    # the sinks are learnt, not planted
+    visual_sinks: tuple[Cell, ...] = ()
+
+    @property
+    def planted(self) -> bool:
+        """Sinks made by construction (random weights with planted values), not learnt."""
+        return bool(self.visual_sinks)
+
+
+def _planted(plant: Callable[..., None]) -> str:
+    return f"planted by construction ({plant.__module__}.{plant.__qualname__}: BOS and white patches)"
+
+
+def _heldout_scene() -> Image.Image:
+    from sinklens.data.scenes import scene
+
+    return scene("heldout", 0).image()
+
+
+_QWEN_SINKS: tuple[Cell, ...] = (("image", 0, 0), ("image", 2, 1))
+
+BUILTIN_MODELS: tuple[BuiltIn, ...] = (
+    # SmolLM2 + DINOv2, a trained projector and LM adapter: the default model
+    BuiltIn(
+        name="toy-llava",
+        architecture="LlavaForConditionalGeneration",
+        build=load_toy_llava,
+        scene=_heldout_scene,
+        sink_dims=(507,),
+        sink_dims_source=(
+            "measured here: `sinklens discover-sink-dims --model toy-llava` finds 507 alone at SPEC's threshold "
+            "of 20 (docs/toy-llava.md; SmolLM2-135M's massive activation)"
+        ),
+        tau=20.0,
+        tau_reason=(
+            "20 absolute (0.83 of phi's ceiling 24). The first token sits at 22.8-23.8 in layers 3-9 and 12-29 and "
+            "no image token reaches 20 (at most 18.0 in 8 prompts); the width-relative 0.3125 * 24 = 7.5 "
+            "marks 89 of 100 image tokens and "
+            "34 text tokens per layer (docs/toy-llava.md, 'tau')"
+        ),
+    ),
+    # random weights with planted sinks, one per architecture: tests of the mechanics
+    BuiltIn(
+        name="tiny-llava",
+        architecture="LlavaForConditionalGeneration",
+        build=build_tiny_llava,
+        scene=draw_scene,
+        sink_dims=(TINY_SINK_DIM,),
+        sink_dims_source=_planted(plant_sinks),
+        visual_sinks=(("image", 0, 0), ("image", 2, 2)),
+    ),
+    BuiltIn(
+        name="tiny-llava-next",
+        architecture="LlavaNextForConditionalGeneration",
+        build=build_tiny_llava_next,
+        scene=draw_wide_scene,
+        sink_dims=(TINY_SINK_DIM,),
+        sink_dims_source=_planted(plant_sinks),
+        visual_sinks=(("base", 0, 1), ("base", 3, 4), ("tiles", 0, 2), ("tiles", 0, 3), ("tiles", 3, 8), ("tiles", 3, 9)),
+    ),
+    BuiltIn(
+        name="tiny-qwen2-vl",
+        architecture="Qwen2VLForConditionalGeneration",
+        build=build_tiny_qwen2_vl,
+        scene=draw_qwen_scene,
+        sink_dims=(TINY_SINK_DIM,),
+        sink_dims_source=_planted(plant_qwen_sinks),
+        visual_sinks=_QWEN_SINKS,
+    ),
+    BuiltIn(
+        name="tiny-qwen2.5-vl",
+        architecture="Qwen2_5_VLForConditionalGeneration",
+        build=build_tiny_qwen2_5_vl,
+        scene=draw_qwen_scene,
+        sink_dims=(TINY_SINK_DIM,),
+        sink_dims_source=_planted(plant_qwen_sinks),
+        visual_sinks=_QWEN_SINKS,
+    ),
+    BuiltIn(
+        name="tiny-internvl",
+        architecture="InternVLForConditionalGeneration",
+        build=build_tiny_internvl,
+        scene=draw_internvl_scene,
+        sink_dims=(TINY_SINK_DIM,),
+        sink_dims_source=_planted(plant_internvl_sinks),
+        visual_sinks=(("tile 0", 0, 0), ("tile 1", 2, 1)),
+    ),
+)
+BUILTIN_NAMES: tuple[str, ...] = tuple(record.name for record in BUILTIN_MODELS)
+DEFAULT_MODEL = "toy-llava"
+
+
+def builtin(name: str) -> BuiltIn:
+    """The record of the built-in `name`."""
+    for record in BUILTIN_MODELS:
+        if record.name == name:
+            return record
+    raise ParameterError(f"{name!r} is not a built-in model; the built-ins are {', '.join(BUILTIN_NAMES)}")

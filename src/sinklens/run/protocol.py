@@ -1,0 +1,33 @@
+"""`Runner`: what eval/, the studies and the CLI need from a backend's runner.
+
+`NnsightRunner` and `TransformerLensRunner` both satisfy it; so does any object
+with a `loaded` model and these two calls::
+
+    def accuracy(runner: Runner, inputs, stack) -> str:
+        return runner.generate(inputs, stack, max_new_tokens=8).texts[0]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from torch import Tensor
+
+from sinklens.run.core import ForwardResult, GenerationResult, Members
+
+if TYPE_CHECKING:
+    from sinklens.models.loading import LoadedModel
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """Runs a stack of interventions on a loaded model: one forward pass, or greedy generation."""
+
+    loaded: LoadedModel
+
+    def forward(self, inputs: Mapping[str, Tensor], interventions: Members = ()) -> ForwardResult: ...
+
+    def generate(
+        self, inputs: Mapping[str, Tensor], interventions: Members = (), *, max_new_tokens: int = 16
+    ) -> GenerationResult: ...
