@@ -26,7 +26,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -313,7 +313,10 @@ CPU_SHAPES = {"llava_1_5_7b": 336, "llava_next_7b": 756}
 TARGETS = {"rows_over_plain_sdpa": 1.05, "eager_over_plain_eager": 1.10, "rows_memory_over_plain_sdpa": 1.10}
 
 
-def cpu_size(image_size: int, layers: int) -> Size:
+def cpu_size(image_size: int, layers: int, smoke: bool = False) -> Size:
+    """LLaVA-1.5-7B's text layers (`layers` of them) and a small vision tower; `smoke`: SMOKE's widths instead."""
+    if smoke:
+        return Size(**{**asdict(SMOKE), "text_layers": layers, "image_size": image_size, "var_layers": tuple(range(layers))})
     return Size(text_layers=layers, vision_width=64, vision_layers=2, vision_heads=2, vision_mlp=128,
                 projection_dim=64, image_size=image_size, var_layers=tuple(range(layers)))  # fmt: skip
 
@@ -350,7 +353,7 @@ def var_arithmetic_share(made: dict[str, Route], inputs: dict[str, Any], size: S
     return out
 
 
-def memory_of_arm(arm: str, image_size: int, layers: int) -> dict[str, int]:
+def memory_of_arm(arm: str, image_size: int, layers: int, smoke: bool = False) -> dict[str, int]:
     """In this process (run it in a fresh one): peak resident memory of one prefill and one decoding step of `arm`.
 
     Linux's high-water mark (VmHWM) is reset (/proc/self/clear_refs) after the
@@ -358,7 +361,7 @@ def memory_of_arm(arm: str, image_size: int, layers: int) -> dict[str, int]:
     `*_peak_bytes` include the weights, `*_over_weights_bytes` are the part the
     run added to the memory held before it.
     """
-    size = cpu_size(image_size, layers)
+    size = cpu_size(image_size, layers, smoke)
     model = build_model(size, torch.float32, "cpu")
     made = routes(model)
     inputs = cpu_inputs(size)
@@ -397,14 +400,18 @@ def _peak() -> int:
     return _status("VmHWM")
 
 
-def cpu_section(*, layers: dict[str, int], repeats: int, decode_repeats: int, memory: bool) -> dict[str, Any]:
+def cpu_section(
+    *, layers: dict[str, int], repeats: int, decode_repeats: int, memory: bool, smoke: bool = False
+) -> dict[str, Any]:
     """Every arm at each shape: interleaved timings, ratios, VAR's arithmetic share, and peak memory per arm."""
     import subprocess
     import sys
 
     section: dict[str, Any] = {"shapes": {}, "targets": TARGETS}
     for shape, image_size in CPU_SHAPES.items():
-        size = cpu_size(image_size, layers[shape])
+        if shape not in layers:
+            continue
+        size = cpu_size(image_size, layers[shape], smoke)
         started = time.perf_counter()
         model = build_model(size, torch.float32, "cpu")
         made = routes(model)
@@ -426,7 +433,7 @@ def cpu_section(*, layers: dict[str, int], repeats: int, decode_repeats: int, me
             peaks = {}
             for arm in ARMS:
                 code = (f"import json, routes; print(json.dumps(routes.memory_of_arm({arm!r}, {image_size}, "
-                        f"{layers[shape]})))")  # fmt: skip
+                        f"{layers[shape]}, smoke={smoke})))")  # fmt: skip
                 done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                       cwd=str(__import__("pathlib").Path(__file__).parent))  # fmt: skip
                 peaks[arm] = json.loads(done.stdout.strip().splitlines()[-1])

@@ -158,15 +158,15 @@ def test_rows_route_without_rows_is_sdpa_and_gives_eagers_logits(both_routes):
 def test_named_operations_are_live_and_hold_eagers_rows(both_routes):
     """values_0, scores_1 and pattern_0 read what eager's hook points hold, and a write there reaches the logits."""
     eager, rows, inputs = both_routes
-    layers = eager.catalogue.layers  # "model.language_model.layers" on every tiny built-in
+    call_path = rows.catalogue.rows_call(1)  # layer 1's attention call, the same path on both routes
     first = int(eager.check_inputs(inputs).text_start.min())
     model_eager, model_rows = nnsight.NNsight(eager.model), nnsight.NNsight(rows.model)
 
     def at(root, layer):
         node = root
-        for part in layers.split("."):
-            node = getattr(node, part)
-        return node[layer].self_attn.source.attention_interface_1
+        for part in call_path.split("."):
+            node = node[int(part)] if part.isdigit() else getattr(node, part)
+        return node
 
     with torch.no_grad(), model_eager.trace(**inputs):
         eager_ops = at(model_eager, 1).source

@@ -33,8 +33,8 @@ STACKS = {
     "sink_ablation": lambda: [sl.FindSinks(), sl.SinkAblation()],
     "random_ablation": lambda: [sl.FindSinks(), sl.RandomAblation(seed=3)],
     "pai_then_var": lambda: [sl.FindSinks(), sl.PAI(), sl.VAR()],
-    "analysis": lambda: [sl.FindSinks(), sl.HeadScores(), sl.AttentionMaps(), sl.AttentionMaps(queries="last", layers=[1]),
-                         sl.AttentionContribution()],
+    "analysis": lambda: [sl.FindSinks(), sl.HeadScores(), sl.AttentionMaps(), sl.AttentionContribution()],
+    "last_token_maps": lambda: [sl.AttentionMaps(queries="last", heads=[0, 1])],
 }  # fmt: skip
 
 
@@ -50,10 +50,12 @@ def inputs_for(name: str):
 
 
 def same_findings(eager, rows, what: str) -> None:
+    """Same sinks, phi (on real tokens: a padding position's residual is garbage in both routes) and records."""
+    real = eager.attention_mask
     assert sorted(eager.sinks) == sorted(rows.sinks), f"{what}: sink layers"
     for layer in eager.sinks:
         assert torch.equal(eager.sinks[layer], rows.sinks[layer]), f"{what}: sinks of layer {layer}"
-        torch.testing.assert_close(eager.phi[layer], rows.phi[layer], rtol=0, atol=TOLERANCE)
+        torch.testing.assert_close(eager.phi[layer][real], rows.phi[layer][real], rtol=0, atol=TOLERANCE)
     _same(eager.records, rows.records, what)
 
 
@@ -139,19 +141,33 @@ def test_a_hook_reading_every_row_gets_the_full_pattern(name):
 def test_only_layers_with_an_attention_hook_compute_rows():
     """The rows a run asks for: text queries in prefill where a score/pattern hook acts, the new token while
     decoding where a hook acts then, every row where a hook reads them all; nothing elsewhere."""
-    from sinklens.backends.nnsight_backend import row_selection
+    from sinklens.backends.nnsight_backend import SelectRows, locate, make_context, row_selection
+    from sinklens.run import plan
+
+    lm = runners("tiny-llava")[1].loaded
+    ctx = make_context(lm, inputs_for("tiny-llava"))
+    stack = [sl.FindSinks(), sl.VAR(layers=[2]), sl.HeadScores(layers=[3]), sl.AttentionContribution(layers=[1]),
+             sl.Hook("blocks.4.attn.hook_pattern", lambda pattern, ctx: None, writes=False)]  # fmt: skip
+    points = plan(stack, ctx)
+    selection = row_selection(points, ctx)
+    text_from = ctx.spec.text_from
+    assert selection.prefill == {1: text_from, 2: text_from, 3: text_from, 4: 0}
+    assert selection.decoding == {2, 4}  # HeadScores and AttentionContribution are prefill-only
+    located = locate(lm.catalogue, points, ctx, route="rows")
+    selects = [where for where in located if isinstance(where, SelectRows)]
+    assert [where.layer for where in selects] == [1, 2, 3, 4]
+    # layer 1's selection comes before its hook_v (AttentionContribution reads the values inside the call)
+    names = [where.layer if isinstance(where, SelectRows) else where.planned.name for where in located]
+    assert names.index(1) < names.index("blocks.1.attn.hook_v") < names.index("blocks.1.attn.hook_pattern")
+    assert all(where.held_from == 0 for where in locate(lm.catalogue, points, ctx, route="eager"))
+
+
+def test_transformer_lens_on_a_rows_model_computes_its_own_full_pattern():
+    """The bridge computes attention itself (eager, every row), whatever route the loaded model runs."""
+    from sinklens.backends.transformer_lens_backend import TransformerLensRunner
 
     eager, rows = runners("tiny-llava")
-    lm = rows.loaded
     inputs = inputs_for("tiny-llava")
-    ctx = sl.make_context(lm, inputs) if hasattr(sl, "make_context") else None
-    if ctx is None:
-        from sinklens.backends.nnsight_backend import make_context
-
-        ctx = make_context(lm, inputs)
-    text_from = int(ctx.image.text_start.min())
-    stack = [sl.FindSinks(), sl.VAR(layers=[2]), sl.HeadScores(layers=[3]),
-             sl.Hook("blocks.4.attn.hook_pattern", lambda pattern, ctx: None, writes=False)]  # fmt: skip
-    selection = row_selection(lm, stack, ctx)
-    assert selection.prefill == {2: text_from, 3: text_from, 4: 0}
-    assert selection.decoding == {2, 4}  # HeadScores is prefill-only
+    bridge = TransformerLensRunner(rows.loaded).forward(inputs, STACKS["var_paper"]())
+    assert_logits_close(bridge.logits, eager.forward(inputs, STACKS["var_paper"]()).logits, TOLERANCE, "bridge")
+    assert rows.loaded.model.config.text_config._attn_implementation == "sinklens_rows"  # the bridge used a copy

@@ -68,3 +68,32 @@ def test_study_refuses_a_bad_n(tmp_path):
 def test_every_study_is_tested():
     scripts = {path.stem for path in (ROOT / "studies").glob("*.py") if not path.stem.startswith("_")}
     assert scripts - {"train_toy_llava", "toy_llava_sinks"} == set(STUDIES)  # training, and a study of its own
+
+
+def _close(a, b, where: str = "") -> None:
+    """JSON values equal, floats within 1e-4 (studies round; two routes may round a last digit apart)."""
+    if isinstance(a, float) or isinstance(b, float):
+        assert abs(a - b) <= 1e-4, f"{where}: {a} != {b}"
+    elif isinstance(a, dict):
+        assert sorted(a) == sorted(b), f"{where}: keys"
+        for key in a:
+            _close(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), f"{where}: length"
+        for index, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, f"{where}[{index}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+@pytest.mark.parametrize("name", ["fig3b_sink_ablation", "fig4_head_ranking"])
+def test_study_on_the_rows_route_gives_the_eager_numbers(name, tmp_path):
+    done = run_study(name, tmp_path / "eager", "--smoke")
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_study(name, tmp_path / "rows", "--smoke", "--attention", "rows")
+    assert done.returncode == 0, done.stderr[-3000:]
+    eager = json.loads((tmp_path / "eager" / f"{name}.json").read_text())
+    rows = json.loads((tmp_path / "rows" / f"{name}.json").read_text())
+    assert (eager.pop("attention"), rows.pop("attention")) == ("eager", "rows")
+    eager.pop("seconds"), rows.pop("seconds")
+    _close(eager, rows)

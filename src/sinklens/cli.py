@@ -203,6 +203,7 @@ def run(args: argparse.Namespace) -> Path:
     result = {
         "model": lm.name,
         "remote": args.remote,
+        "attention": lm.attention,
         "prompt": args.prompt,
         "image": [str(path) for path in args.image],
         "sink_dims": list(args.sink_dims or lm.sink_dims or ()),

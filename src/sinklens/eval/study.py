@@ -159,6 +159,7 @@ class Study:
             "sink_dims": list(self.loaded.sink_dims or ()),
             "tau": self.tau,
             "remote": getattr(self.args, "remote", "off"),
+            "attention": self.loaded.attention,
             **data,
             "seconds": round(time.time() - self.started, 1),
         }

@@ -163,6 +163,7 @@ def _attention_route(model: Any, catalogue: HookCatalogue, attention: str | None
     if attention is not None:
         _check_route(attention)
         if attention == "rows":
+            catalogue.rows_call(0)  # the catalogue must say where the rows route's points are
             use_rows(model, catalogue.text_config_field)
         elif text_config._attn_implementation != "eager":
             model.set_attn_implementation("eager")
