@@ -50,9 +50,31 @@ the medians, the median (and min, max) of the per-round ratios (robust to load
 that changes between rounds), and the same ratio in process CPU time (less
 sensitive to other processes on a shared machine). Ratios compare arms of one
 run only. Adding an arm is one entry in `STACKS`; a backend, one in `RUNNERS`.
+Routes section (`benchmarks/routes.py`, `--sections routes`): the attention
+routes at two attention shapes, LLaVA-1.5-7B's (T = 651, 576 image tokens)
+and LLaVA-NeXT-7B's length (T = 2,991, 2,916 image tokens in one grid), on
+LLaVA-1.5-7B's text layer shape with `--route-layers` decoder layers (default
+1: a CPU cannot run 32 at these shapes 15 times per arm; the per-layer
+proportions are the 7B model's, the embedding and LM head weigh more) and the
+last position unembedded (as generation does). Four arms, interleaved: plain
+sdpa, FindSinks + VAR on the rows route, plain eager, FindSinks + VAR on eager
+(VAR on every layer, sink planted in the BOS embedding), each per prefill and
+per decoding step, `--route-repeats` rounds (default 15); each ratio is
+reported as min / median / max of the per-round ratios and as the ratio of the
+arms' minimum times, on which the targets are judged: rows over plain sdpa <=
+1.05, eager VAR over plain eager <= 1.10. Peak memory of each arm is measured
+in its own process (Linux VmHWM, reset after the model is built): target rows
+within 1.10x of plain sdpa; eager's is reported. `var_arithmetic` is VAR's own
+hook function on the rows it reads, all layers, as a share of the plain sdpa
+forward. Top-level keys `rows_prefill_ratio`, `rows_decode_ratio` (over plain
+sdpa), `eager_prefill_ratio`, `eager_decode_ratio` and `peak_memory` hold them
+per shape. (routes.py keeps its own interleaved loop, written before
+`timing.py`; both rotate arms per round and pair samples by round.)
+
 Run:
 
     python benchmarks/var_overhead.py [--repeats 5] [--decode-rounds 3] [--decode-steps 8] [--out FILE]
+        [--sections backends,routes] [--route-repeats 15] [--route-layers 1] [--route-shapes llava_1_5_7b,llava_next_7b]
 """
 
 from __future__ import annotations
@@ -388,7 +410,59 @@ def backend_section(
     return report, prefill_ctx, decode_ctx
 
 
-def run(repeats: int, decode_rounds: int, decode_steps: int) -> dict[str, Any]:
+ROUTE_KEYS = {
+    "rows_prefill_ratio": ("prefill", "var_rows_over_plain_sdpa"),
+    "rows_decode_ratio": ("decode_step", "var_rows_over_plain_sdpa"),
+    "eager_prefill_ratio": ("prefill", "var_eager_over_plain_eager"),
+    "eager_decode_ratio": ("decode_step", "var_eager_over_plain_eager"),
+}
+ROUTE_SHAPES = ("llava_1_5_7b", "llava_next_7b")
+
+
+def routes_report(repeats: int, layers: int, shapes: tuple[str, ...] = ROUTE_SHAPES, memory: bool = True) -> dict[str, Any]:
+    """The routes section (module doc) and its top-level keys, per shape."""
+    from routes import TARGETS as ROUTE_TARGETS
+    from routes import cpu_section
+
+    section = cpu_section(layers={shape: layers for shape in shapes}, repeats=repeats, decode_repeats=repeats,
+                          memory=memory)  # fmt: skip
+    shapes_done = section["shapes"]
+    report: dict[str, Any] = {
+        key: {shape: data[case]["ratios"][ratio] for shape, data in shapes_done.items()}
+        for key, (case, ratio) in ROUTE_KEYS.items()
+    }
+    report["peak_memory"] = {shape: data.get("peak_memory") for shape, data in shapes_done.items()}
+    met = {}
+    for shape, data in shapes_done.items():
+        met[shape] = {
+            key: report[key][shape]["of_minimums"]
+            <= ROUTE_TARGETS["rows_over_plain_sdpa" if key.startswith("rows") else "eager_over_plain_eager"]
+            for key in ROUTE_KEYS
+        }
+        peaks = data.get("peak_memory")
+        if peaks:
+            met[shape]["rows_memory"] = all(
+                peaks["var_rows"][case] <= ROUTE_TARGETS["rows_memory_over_plain_sdpa"] * peaks["plain_sdpa"][case]
+                for case in ("prefill_peak_bytes", "decode_step_peak_bytes")
+            )
+    report["route_targets_met"] = met
+    report["routes"] = section
+    return report
+
+
+def run(
+    repeats: int, decode_rounds: int, decode_steps: int, sections: tuple[str, ...] = ("backends", "routes"),
+    route_repeats: int = 15, route_layers: int = 1, route_shapes: tuple[str, ...] = ROUTE_SHAPES,
+) -> dict[str, Any]:
+    if "backends" not in sections:
+        started = time.perf_counter()
+        return {**routes_report(route_repeats, route_layers, route_shapes), "versions": _versions(),
+                "total_s": round(time.perf_counter() - started, 1)}  # fmt: skip
+    routes = routes_report(route_repeats, route_layers, route_shapes) if "routes" in sections else {}
+    return {**run_backends(repeats, decode_rounds, decode_steps), **routes}
+
+
+def run_backends(repeats: int, decode_rounds: int, decode_steps: int) -> dict[str, Any]:
     started = time.perf_counter()
     load_before = os.getloadavg()
     loaded = build_model()
@@ -435,10 +509,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--decode-rounds", type=int, default=3, help="timed generate calls per arm (after 1 warm-up)")
     parser.add_argument("--decode-steps", type=int, default=8, help="decoding steps per generate call (the first untimed)")
     parser.add_argument("--out", type=Path, help="also write the JSON to this file")
+    parser.add_argument("--sections", default="backends,routes",
+                        help="comma-separated: backends (nnsight and TransformerLens), routes (default: both)")  # fmt: skip
+    parser.add_argument("--route-repeats", type=int, default=15, help="timed rounds per arm in the routes section")
+    parser.add_argument("--route-layers", type=int, default=1, help="decoder layers of the routes section's model")
+    parser.add_argument("--route-shapes", default=",".join(ROUTE_SHAPES),
+                        help="comma-separated attention shapes of the routes section (default: both)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.decode_rounds < 1 or args.decode_steps < 2:
         parser.error("--repeats and --decode-rounds must be at least 1, --decode-steps at least 2")
-    text = json.dumps(run(args.repeats, args.decode_rounds, args.decode_steps), indent=2)
+    if args.route_repeats < 1 or args.route_layers < 1:
+        parser.error("--route-repeats and --route-layers must be at least 1")
+    sections = tuple(part.strip() for part in args.sections.split(",") if part.strip())
+    if not sections or set(sections) - {"backends", "routes"}:
+        parser.error("--sections: choose from backends, routes")
+    shapes = tuple(part.strip() for part in args.route_shapes.split(",") if part.strip())
+    if not shapes or set(shapes) - set(ROUTE_SHAPES):
+        parser.error(f"--route-shapes: choose from {', '.join(ROUTE_SHAPES)}")
+    result = run(args.repeats, args.decode_rounds, args.decode_steps, sections, args.route_repeats, args.route_layers, shapes)
+    text = json.dumps(result, indent=2)
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -96,11 +96,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tau", type=float, default=None, help="sink threshold (default: the model's)")
     parser.add_argument("--name", default="toy_llava_sinks", help="file name stem of the outputs")
     parser.add_argument("--smoke", action="store_true", help="2 scenes, to check the pipeline")
+    parser.add_argument("--attention", choices=("eager", "rows"), default="eager",
+                        help="eager (default) or rows: sdpa with explicit attention for the rows the stack reads")  # fmt: skip
     args = parser.parse_args(argv)
     n = 2 if args.smoke else args.n
     started = time.perf_counter()
 
-    lm = sinklens.load(args.model)
+    lm = sinklens.load(args.model, attention=args.attention)
     runner = sinklens.NnsightRunner(lm)
     rows, cols = lm.grid
     side = lm.processor.image_processor.size["height"]

@@ -155,3 +155,23 @@ def test_run_with_visual_sinks_warns_nothing(scene_path, tmp_path):
                  "--max-new-tokens", "2", "--out", str(tmp_path)]) == 0  # fmt: skip
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["warnings"] == [] and result["sink_counts"]["2"] == {"visual": 2, "text": 1}
+
+
+def test_rows_route_cannot_go_to_ndif(scene_path, tmp_path, capsys):
+    args = ["run", "--model", "tiny-llava", "--image", str(scene_path), "--prompt", "what ?", "--out", str(tmp_path),
+            "--attention", "rows", "--remote", "ndif"]
+    assert main(args) == 2
+    assert "--attention rows needs sinklens' attention function next to the model" in capsys.readouterr().err
+
+
+def test_run_on_the_rows_route_gives_the_eager_answers(scene_path, tmp_path):
+    results = {}
+    for route in ("eager", "rows"):
+        args = ["run", "--model", "tiny-llava", "--image", str(scene_path), "--prompt", "What is in the image?",
+                "--max-new-tokens", "6", "--attention", route, "--out", str(tmp_path / route)]
+        assert main(args) == 0
+        results[route] = json.loads((tmp_path / route / "result.json").read_text())
+    eager, rows = results["eager"], results["rows"]
+    assert (eager["attention"], rows["attention"]) == ("eager", "rows")
+    for key in ("sinks", "n_image_centric", "answer_base", "answer_var"):
+        assert eager[key] == rows[key], key

@@ -148,3 +148,32 @@ def test_tau_visual_reads_the_registry(tmp_path):
     assert entry.visual_tau == 16.0 and "layers 23-24" in entry.visual_tau_reason
     done = run_study("fig1_attention_maps", tmp_path, "--model", "tiny-llava", "--tau", "visual")
     assert done.returncode != 0 and "tiny-llava has no registered visual-sink threshold" in done.stderr
+
+
+def _close(a, b, where: str = "") -> None:
+    """JSON values equal, floats within 1e-4 (studies round; two routes may round a last digit apart)."""
+    if isinstance(a, float) or isinstance(b, float):
+        assert abs(a - b) <= 1e-4, f"{where}: {a} != {b}"
+    elif isinstance(a, dict):
+        assert sorted(a) == sorted(b), f"{where}: keys"
+        for key in a:
+            _close(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), f"{where}: length"
+        for index, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, f"{where}[{index}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+@pytest.mark.parametrize("name", ["fig3b_sink_ablation", "fig4_head_ranking"])
+def test_study_on_the_rows_route_gives_the_eager_numbers(name, tmp_path):
+    done = run_study(name, tmp_path / "eager", "--smoke")
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_study(name, tmp_path / "rows", "--smoke", "--attention", "rows")
+    assert done.returncode == 0, done.stderr[-3000:]
+    eager = json.loads((tmp_path / "eager" / f"{name}.json").read_text())
+    rows = json.loads((tmp_path / "rows" / f"{name}.json").read_text())
+    assert (eager.pop("attention"), rows.pop("attention")) == ("eager", "rows")
+    eager.pop("seconds"), rows.pop("seconds")
+    _close(eager, rows)

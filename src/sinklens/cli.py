@@ -131,6 +131,23 @@ def _add_model(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--model", default=DEFAULT_MODEL, help=f"built-in name, hub id or local path (default: {DEFAULT_MODEL})"
     )
+    command.add_argument(
+        "--attention", choices=ATTENTION_CHOICES, default="eager",
+        help="eager (default): every layer's full attention pattern; rows: sdpa, with explicit attention only "
+        "for the rows the stack acts on (the same results, faster)",
+    )
+
+
+ATTENTION_CHOICES = ("eager", "rows")  # sinklens.models.loading.ATTENTION_ROUTES (not imported: --help stays fast)
+
+
+def _check_remote_attention(remote: str, attention: str) -> None:
+    """NDIF runs its own copy of the model with eager attention: the rows route runs only here."""
+    if remote == "ndif" and attention == "rows":
+        raise ParameterError(
+            "--attention rows needs sinklens' attention function next to the model, and NDIF runs its own "
+            "(eager): use --attention eager with --remote ndif, or --remote off/local with --attention rows"
+        )
 
 
 def _add_stack(command: argparse.ArgumentParser, *, var_default: bool) -> None:
@@ -281,7 +298,7 @@ def eval_vqa(args: argparse.Namespace) -> dict[str, Any]:
     _check_model(args)
     folder = _open_eval_folder(args, "vqa")
     try:
-        lm = load(args.model)
+        lm = load(args.model, attention=args.attention)
         _check_dims_width(args, lm)
         _check_context(lm, 0, args.max_new_tokens)
         return evaluate_vqa(
@@ -403,6 +420,7 @@ def run(args: argparse.Namespace) -> Path:
     _check_dims_sign(args)
     find, var = _stack(args, with_var=True)
     converted = [to_rgb(open_image(path, what="--image")) for path in args.image]  # corrupt, missing, a folder
+    _check_remote_attention(args.remote, args.attention)
     if args.remote == "ndif":
         from sinklens.backends.remote import connect
 
@@ -410,7 +428,7 @@ def run(args: argparse.Namespace) -> Path:
         lm = runner.loaded
     else:
         _check_model(args)
-        lm = load(args.model)
+        lm = load(args.model, attention=args.attention)
         runner = NnsightRunner(lm, remote="local" if args.remote == "local" else False)
     _check_dims_width(args, lm)
     inputs = lm.prepare([image.image for image in converted], args.prompt)
@@ -426,6 +444,7 @@ def run(args: argparse.Namespace) -> Path:
     result = {
         "model": lm.name,
         "remote": args.remote,
+        "attention": lm.attention,
         "prompt": args.prompt,
         "image": [str(path) for path in args.image],
         "image_notes": [image.note for image in converted],
@@ -468,7 +487,7 @@ def eval_pope(args: argparse.Namespace) -> dict[str, Any]:
     _check_model(args)
     folder = _open_eval_folder(args, "pope")
     try:
-        lm = load(args.model)
+        lm = load(args.model, attention=args.attention)
         _check_dims_width(args, lm)
         _check_context(lm, 0, args.max_new_tokens)
         return pope.evaluate_pope(
@@ -495,7 +514,7 @@ def eval_captions(args: argparse.Namespace) -> dict[str, Any]:
     _check_dims_sign(args)
     _check_out_folder(args.out)
     _check_model(args)
-    lm = load(args.model)
+    lm = load(args.model, attention=args.attention)
     _check_dims_width(args, lm)
     _check_context(lm, 0, args.max_new_tokens)
     result = evaluate_captions(lm, NnsightRunner(lm), n=args.n, interventions=stack, max_new_tokens=args.max_new_tokens,
@@ -524,7 +543,7 @@ def discover_sink_dims(args: argparse.Namespace) -> dict[str, Any]:
         )
     _check_out_folder(args.out)
     _check_model(args)
-    lm = load(args.model)  # discover checks --first-layer and --threshold against the model before its scan
+    lm = load(args.model, attention=args.attention)  # discover checks --first-layer and --threshold against the model before its scan
     result = discover(
         lm, NnsightRunner(lm), n_prompts=args.prompts, threshold=args.threshold,
         threshold_fraction=args.threshold_fraction, first_layer=args.first_layer,
@@ -555,15 +574,19 @@ def _add_explore(commands: Any) -> None:
 def explore(args: argparse.Namespace) -> tuple[Path, dict[str, int]]:
     from sinklens.explorer import explore as build
 
+    from sinklens.models import load
+
     find, var = _stack(args, with_var=True)  # check parameters before loading anything
-    for path in args.image:
-        if not path.is_file():
-            raise FileNotFoundError(f"--image {path} does not exist; draw one with `sinklens draw-scene --out PATH`")
-    if args.max_new_tokens < 1:
-        raise ParameterError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    _check_new_tokens(args)
+    _check_dims_sign(args)
     if not args.max_mb > 0:
         raise ParameterError(f"--max-mb must be > 0, got {args.max_mb}")
-    page = build(args.model, args.image, args.prompt, find=find, var=var if args.var else None,
+    images = [to_rgb(open_image(path, what="--image")) for path in args.image]  # corrupt, missing, a folder
+    _check_out_folder(args.out)
+    _check_model(args)
+    lm = load(args.model, attention=args.attention)
+    _check_dims_width(args, lm)
+    page = build(lm, images, args.prompt, find=find, var=var if args.var else None,
                  max_new_tokens=args.max_new_tokens, heads=args.heads, max_mb=args.max_mb)  # fmt: skip
     return page.save(args.out), page.sizes
 

@@ -25,6 +25,15 @@ or in one call: `NnsightRunner(lm).generate(inputs, [FindSinks(), VAR()])`.
 A stack with VCD runs two passes in one batch: give your own trace
 `expand_inputs(stack, inputs)` instead of `inputs` (the runner does it).
 
+A model loaded with `attention="rows"` runs the rows route: each point at
+`attn.hook_attn_scores` / `attn.hook_pattern` is found inside sinklens' own
+attention function (the catalogue's `[nnsight_rows]` table), and before the
+layer's attention call the run writes which query rows to compute explicitly
+into the call's inputs (`SelectRows`): in prefill the text queries (from the
+earliest text start), or every row where a hook reads them all (a hook
+without `query_rows=True`); while decoding the new token, where a hook acts
+then. Layers and steps with no such hook run sdpa alone.
+
 Remote: `NnsightRunner(lm, remote="local")` runs every call through nnsight's
 local simulation of a remote request, `remote=True` on NDIF (build that runner
 with `sinklens.backends.remote.connect(hub_id)`); a call's `remote=` overrides
@@ -45,7 +54,8 @@ from torch import Tensor
 
 from sinklens.backends.shipping import Remote, check_remote_argument, shipping, trace_options
 from sinklens.errors import CatalogueError
-from sinklens.models.catalogue import HookCatalogue
+from sinklens.models.attention import FIRST_ROW
+from sinklens.models.catalogue import ROWS_POINTS, HookCatalogue
 from sinklens.models.loading import LoadedModel
 from sinklens.run import (
     ForwardResult, GenerationResult, Members, Plan, PlanPoint, Recorder, RunContext, apply_point, begin,
@@ -53,8 +63,8 @@ from sinklens.run import (
 )
 
 __all__ = [
-    "ForwardResult", "GenerationResult", "Located", "NnsightRunner", "attach", "locate", "make_context",
-    "run_located", "wrap",
+    "ForwardResult", "GenerationResult", "Located", "NnsightRunner", "RowSelection", "SelectRows", "attach", "locate",
+    "make_context", "row_selection", "run_located", "wrap",
 ]
 
 
@@ -76,6 +86,56 @@ class Located:
     attribute: str  # "input", "output", or a .source operation's "input"/"output"
     index: int | None  # element of a tuple input/output, or None for the whole value
     source: str  # the catalogue file the path comes from, for error messages
+    held_from: int = 0  # prompt position of the first query row an attention point holds in prefill (rows route)
+
+
+@dataclass(frozen=True)
+class SelectRows:
+    """The rows route, before one layer's attention call: the first query row it computes explicitly.
+
+    `prefill_row` in prefill (None: no row, sdpa alone), row 0 (the new token)
+    while decoding when `decoding`, else none.
+    """
+
+    layer: int
+    module_path: str  # the attention call, a .source operation
+    prefill_row: int | None
+    decoding: bool
+    source: str
+
+
+@dataclass(frozen=True)
+class RowSelection:
+    """Which rows a plan needs on the rows route: per layer, the first prefill row; layers needing the new token."""
+
+    prefill: dict[int, int]
+    decoding: frozenset[int]
+
+
+_EXPLICIT = ("attn.hook_attn_scores", "attn.hook_pattern")  # the points only explicit rows hold
+
+
+def row_selection(points: Plan, ctx: RunContext) -> RowSelection:
+    """The rows each layer's attention must compute explicitly for a plan (the rows route).
+
+    A layer with a hook at `attn.hook_attn_scores` or `attn.hook_pattern`
+    computes, in prefill, the rows from the earliest text start when every such
+    hook declares `query_rows=True`, else every row (eager's full pattern); and,
+    while decoding, the new token's row when one of them is not prefill-only.
+    """
+    # the last prompt row at most: the rows then hold at least one row (the text start is within the prompt)
+    text_from = min(ctx.spec.text_from, ctx.prompt_length - 1)
+    prefill: dict[int, int] = {}
+    decoding = set()
+    for point in points:
+        hook_point = point.point
+        if hook_point.kind not in _EXPLICIT:
+            continue
+        first = text_from if all(hook.query_rows for hook in point.hooks) else 0
+        prefill[hook_point.layer] = min(prefill.get(hook_point.layer, first), first)
+        if not point.prefill_only:
+            decoding.add(hook_point.layer)
+    return RowSelection(prefill, frozenset(decoding))
 
 
 def _split(path: str) -> tuple[str, str, int | None]:
@@ -87,11 +147,33 @@ def _split(path: str) -> tuple[str, str, int | None]:
     return head, last, None
 
 
-def locate(catalogue: HookCatalogue, points: Plan) -> tuple[Located, ...]:
-    """Each point of a plan with its nnsight path: what travels to an NDIF server with the hook functions."""
-    return tuple(
-        Located(point, *_split(catalogue.nnsight_path(point.point)), str(catalogue.source)) for point in points
-    )
+def locate(
+    catalogue: HookCatalogue, points: Plan, ctx: RunContext | None = None, *, route: str = "eager"
+) -> tuple[Located | SelectRows, ...]:
+    """Each point of a plan with its nnsight path: what travels to an NDIF server with the hook functions.
+
+    On the rows route (`route="rows"`, which needs `ctx`) each layer whose
+    attention computes explicit rows gets a `SelectRows` before its first
+    attention point, and its attention points say which rows they hold.
+    """
+    source = str(catalogue.source)
+    if route != "rows":
+        return tuple(Located(point, *_split(catalogue.nnsight_path(point.point)), source) for point in points)
+    if ctx is None:
+        raise ValueError("locate(..., route='rows') needs the run context: the rows depend on the prompt")
+    selection = row_selection(points, ctx)
+    located: list[Located | SelectRows] = []
+    selected: set[int] = set()
+    for point in points:
+        hook_point = point.point
+        layer = hook_point.layer
+        if hook_point.kind in ROWS_POINTS and layer in selection.prefill and layer not in selected:
+            selected.add(layer)
+            located.append(SelectRows(layer, catalogue.rows_call(layer), selection.prefill[layer],
+                                      layer in selection.decoding, source))  # fmt: skip
+        held_from = selection.prefill.get(layer, 0) if hook_point.kind in _EXPLICIT else 0
+        located.append(Located(point, *_split(catalogue.nnsight_path(hook_point, "rows")), source, held_from))
+    return tuple(located)
 
 
 # ---- what runs next to the model (locally, or on an NDIF server) ------------------------------
@@ -99,22 +181,33 @@ def locate(catalogue: HookCatalogue, points: Plan) -> tuple[Located, ...]:
 # interventions' hook functions and the ops they call): they use torch and sinklens code only.
 
 
-def _envoy(root: Any, where: Located) -> Any:
+def _envoy(root: Any, module_path: str, what: str, source: str) -> Any:
     node = root
-    for part in where.module_path.split("."):
+    for part in module_path.split("."):
         try:
             node = node[int(part)] if part.isdigit() else getattr(node, part)
         except (AttributeError, IndexError, KeyError) as e:
             raise CatalogueError(
-                f"{where.source}: the path of {where.planned.name!r} ({where.module_path}) fails at {part!r} on the "
+                f"{source}: the path of {what} ({module_path}) fails at {part!r} on the "
                 f"installed transformers: {e}. Fix the path in the catalogue file."
             ) from e
     return node
 
 
+def _select_rows(root: Any, where: SelectRows, ctx: RunContext) -> None:
+    """Write the first explicit query row of this step into the layer's attention call (nothing: sdpa alone)."""
+    first = where.prefill_row if ctx.prefill else (0 if where.decoding else None)
+    if first is None:
+        return
+    call = _envoy(root, where.module_path, f"the attention call of layer {where.layer}", where.source)
+    args, kwargs = call.inputs
+    call.inputs = (args, {**kwargs, FIRST_ROW: first})
+
+
 def _run_point(root: Any, where: Located, ctx: RunContext) -> None:
     """Read one hook point once, apply its functions in order, write back if any returned a tensor."""
-    envoy = _envoy(root, where)
+    ctx.held_from = where.held_from
+    envoy = _envoy(root, where.module_path, repr(where.planned.name), where.source)
     whole = getattr(envoy, where.attribute)
     value = whole[where.index] if where.index is not None else whole
     weights = None
@@ -130,14 +223,16 @@ def _run_point(root: Any, where: Located, ctx: RunContext) -> None:
         setattr(envoy, where.attribute, result)
 
 
-def _run_step(root: Any, located: Sequence[Located], ctx: RunContext) -> None:
+def _run_step(root: Any, located: Sequence[Located | SelectRows], ctx: RunContext) -> None:
     for where in located:
-        if ctx.prefill or not where.planned.prefill_only:  # a prefill-only point is not even read while decoding
+        if isinstance(where, SelectRows):
+            _select_rows(root, where, ctx)
+        elif ctx.prefill or not where.planned.prefill_only:  # a prefill-only point is not even read while decoding
             _run_point(root, where, ctx)
 
 
 def run_located(
-    root: Any, located: Sequence[Located], ctx: RunContext, *, tracer: Any = None, steps: int | None = None
+    root: Any, located: Sequence[Located | SelectRows], ctx: RunContext, *, tracer: Any = None, steps: int | None = None
 ) -> dict[str, Any]:
     """Apply a located plan inside a trace (prefill) or at every step `0..steps-1` of a generation.
 
@@ -177,7 +272,8 @@ def attach(
     For a remote trace use `locate` and `run_located` instead (see docs/remote.md).
     """
     ctx = ctx or make_context(loaded, inputs)
-    run_located(model, locate(loaded.catalogue, plan(interventions, ctx)), ctx, tracer=tracer, steps=steps)
+    located = locate(loaded.catalogue, plan(interventions, ctx), ctx, route=loaded.attention)
+    run_located(model, located, ctx, tracer=tracer, steps=steps)
     return ctx
 
 
@@ -207,7 +303,7 @@ class NnsightRunner:
         ctx = run.ctx
         model = self.model  # the block names only small objects: they are what a remote request ships
         with self._shipping(remote):
-            located = locate(self.loaded.catalogue, plan(interventions, ctx))
+            located = locate(self.loaded.catalogue, plan(interventions, ctx), ctx, route=self.loaded.attention)
             options = self._trace_options(remote)
             with torch.no_grad(), model.trace(**run.inputs, **options):
                 state = nnsight.save(run_located(model, located, ctx))
@@ -234,7 +330,7 @@ class NnsightRunner:
         recorder = Recorder()
         model, steps = self.model, max_new_tokens
         with self._shipping(remote):
-            located = locate(self.loaded.catalogue, plan([interventions, recorder], ctx))
+            located = locate(self.loaded.catalogue, plan([interventions, recorder], ctx), ctx, route=self.loaded.attention)
             options = self._trace_options(remote)
             with torch.no_grad(), model.generate(
                 **run.inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,

@@ -43,6 +43,7 @@ from sinklens.run import Runner
 
 DEFAULT_MODEL = "toy-llava"
 REMOTE_MODES = ("off", "local", "ndif")
+ATTENTION_CHOICES = ("eager", "rows")  # sinklens.models.loading.ATTENTION_ROUTES
 # the paper's map layers (10-12 of LLaVA-1.5-7B's 32), at the same depth of other models
 PAPER_MAP_LAYERS = (10, 12)
 PAPER_LAYERS = 32
@@ -97,7 +98,15 @@ def parse_args(name: str, description: str, *, n: int, smoke_n: int, argv: Seque
                                  "to reuse identical settings")  # fmt: skip
     if extra is not None:
         extra(parser)
+    parser.add_argument("--attention", choices=ATTENTION_CHOICES, default="eager",
+                        help="eager (default): every layer's full pattern; rows: sdpa, with explicit attention "
+                             "only for the rows the study's stack acts on")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.remote == "ndif" and args.attention == "rows":
+        raise ParameterError(
+            "--attention rows needs sinklens' attention function next to the model, and NDIF runs its own "
+            "(eager): use --attention eager with --remote ndif, or --remote off/local with --attention rows"
+        )
     if args.n is None:
         args.n = smoke_n if args.smoke else n
     if args.n < 1:
@@ -199,7 +208,7 @@ class Study:
 
             runner = connect(args.model)  # fails fast, naming what is missing: the API key, or the hosted models
             return cls(args=args, loaded=runner.loaded, runner=runner)
-        loaded = sinklens.load(args.model)
+        loaded = sinklens.load(args.model, attention=getattr(args, "attention", "eager"))
         return cls(args=args, loaded=loaded, runner=sinklens.NnsightRunner(loaded, remote="local" if remote == "local" else False))
 
     def find_sinks(self, **kwargs: Any) -> Any:
@@ -329,6 +338,7 @@ class Study:
             "tau_rule": getattr(self.args, "tau_rule", "--tau" if self.args.tau is not None else "model default"),
             "remote": getattr(self.args, "remote", "off"),
             "prompts": self.prompt_source(),
+            "attention": self.loaded.attention,
             **data,
             "seconds": round(time.time() - self.started, 1),
         }

@@ -89,7 +89,7 @@ class SinkAblation:
                 raise ParameterError(f"positions {bad} are past the prompt's {ctx.prompt_length} tokens")
         # plain values, not self: a run shipped to NDIF carries these functions by value
         chosen = partial(_listed_keys, keys=self.keys, positions=None if self.positions is None else tuple(self.positions))
-        return [Hook(block(layer, "attn.hook_attn_scores"), partial(_ablate, layer=layer, chosen=chosen))
+        return [Hook(block(layer, "attn.hook_attn_scores"), partial(_ablate, layer=layer, chosen=chosen), query_rows=True)
                 for layer in layers]  # fmt: skip
 
 
@@ -131,7 +131,7 @@ class RandomAblation:
     def hooks(self, ctx: RunContext) -> list[Hook]:
         layers = resolve_layers(self.layers, ctx.n_layers, range(ctx.n_layers))
         chosen = partial(_random_keys_at, seed=self.seed, keys=self.keys, count=self.count)
-        return [Hook(block(layer, "attn.hook_attn_scores"), partial(_ablate, layer=layer, chosen=chosen))
+        return [Hook(block(layer, "attn.hook_attn_scores"), partial(_ablate, layer=layer, chosen=chosen), query_rows=True)
                 for layer in layers]  # fmt: skip
 
 
@@ -190,7 +190,7 @@ class AttentionContribution:
                 Hook(block(layer, "attn.hook_v"), partial(_keep, key="_values", layer=layer, first_row=False),
                      prefill_only=True, writes=False),
                 Hook(block(layer, "attn.hook_pattern"), partial(_keep, key="_patterns", layer=layer, first_row=True),
-                     prefill_only=True, writes=False),
+                     prefill_only=True, writes=False, query_rows=True),
                 Hook(block(layer, "attn.hook_z"), partial(_contribution, layer=layer),
                      prefill_only=True, writes=False, weights=True),
             ]  # fmt: skip
@@ -242,7 +242,7 @@ class HeadScores:
     def hooks(self, ctx: RunContext) -> list[Hook]:
         layers = resolve_layers(self.layers, ctx.n_layers, range(ctx.n_layers))
         return [Hook(block(layer, "attn.hook_pattern"), partial(_head_scores, layer=layer),
-                     prefill_only=True, writes=False) for layer in layers]  # fmt: skip
+                     prefill_only=True, writes=False, query_rows=True) for layer in layers]  # fmt: skip
 
 
 def _head_scores(pattern: Tensor, ctx: RunContext, *, layer: int) -> None:
@@ -279,7 +279,7 @@ class AttentionMaps:
         layers = resolve_layers(self.layers, ctx.n_layers, range(ctx.n_layers))
         heads = tuple(self.heads) if self.heads is not None else None
         return [Hook(block(layer, "attn.hook_pattern"), partial(_attention_map, layer=layer, heads=heads,
-                     last=self.queries == "last"), prefill_only=True, writes=False)
+                     last=self.queries == "last"), prefill_only=True, writes=False, query_rows=True)
                 for layer in layers]  # fmt: skip
 
 

@@ -41,7 +41,7 @@ class PAI:
     def hooks(self, ctx: RunContext) -> list[Hook]:
         layers = resolve_layers(self.layers, ctx.n_layers, range(2, ctx.n_layers))
         fn = partial(_boost_scores, alpha=self.alpha)
-        return [Hook(block(layer, "attn.hook_attn_scores"), fn) for layer in layers]
+        return [Hook(block(layer, "attn.hook_attn_scores"), fn, query_rows=True) for layer in layers]
 
 
 def _boost_scores(scores: Tensor, ctx: RunContext, *, alpha: float) -> Tensor:

@@ -70,7 +70,7 @@ class VAR:
         # plain values, not `self`: a shipped hook function then carries no VAR class (docs/remote.md)
         fn = partial(_redistribute_pattern, p=self.p, rho=self.rho, summ=self.summ, released=self.convention == "released",
                      heads=self.heads, destination=self.destination)  # fmt: skip
-        return [Hook(block(layer, "attn.hook_pattern"), partial(fn, layer=layer)) for layer in layers]
+        return [Hook(block(layer, "attn.hook_pattern"), partial(fn, layer=layer), query_rows=True) for layer in layers]
 
 
 def _redistribute_pattern(

@@ -22,6 +22,9 @@ from sinklens.models.spans import GRID_RULES
 _REQUIRED = ("architectures", "family", "image_token_field", "text_config_field", "grid")
 _GRID_RULES = tuple(GRID_RULES)
 TL_ENTRY = "entry"
+# the rows route's table: the attention call (its inputs select the rows) and the points it moves
+ROWS_CALL = "attention_call"
+ROWS_POINTS = ("attn.hook_v", "attn.hook_attn_scores", "attn.hook_pattern")
 _PATH_END = re.compile(r"\.(input|output(\.\d+)?)$")
 
 
@@ -52,11 +55,27 @@ class HookCatalogue:
     nnsight: dict[str, str]
     # TransformerBridge hook names (TransformerLens 4); empty when the file has no [transformer_lens] table
     transformer_lens: dict[str, str] = field(default_factory=dict)
+    # the rows route's paths ([nnsight_rows]); empty when the file has none
+    nnsight_rows: dict[str, str] = field(default_factory=dict)
 
-    def nnsight_path(self, hook: HookPoint) -> str:
-        """The nnsight path of a hook point, with its layer filled in."""
+    def nnsight_path(self, hook: HookPoint, route: str = "eager") -> str:
+        """The nnsight path of a hook point on an attention route ("eager" or "rows"), with its layer filled in."""
+        if route == "rows" and hook.kind in ROWS_POINTS:
+            return self._rows_table()[hook.kind].format(layer=hook.layer)
         template = self.nnsight[hook.kind]
         return template.format(layer=hook.layer) if hook.kind in LAYER_POINTS else template
+
+    def rows_call(self, layer: int) -> str:
+        """The nnsight path of layer `layer`'s call of the rows route's attention function."""
+        return self._rows_table()[ROWS_CALL].format(layer=layer)
+
+    def _rows_table(self) -> dict[str, str]:
+        if not self.nnsight_rows:
+            raise CatalogueError(
+                f"{self.source} has no [nnsight_rows] table, so {', '.join(self.architectures)} cannot run the rows "
+                "route; load it with attention='eager', or add the table (see hooks/llava.toml)"
+            )
+        return self.nnsight_rows
 
     def transformer_lens_name(self, hook: HookPoint) -> str:
         """The TransformerBridge hook name of a hook point, with its layer filled in."""
@@ -108,6 +127,14 @@ class HookCatalogue:
                     f"{path} [transformer_lens]: unknown keys {unknown}, missing keys {absent}; the keys are "
                     f"the hook points {sorted(known)} and {TL_ENTRY!r}"
                 )
+        nnsight_rows = dict(data.get("nnsight_rows", {}))
+        if nnsight_rows:
+            expected = {ROWS_CALL, *ROWS_POINTS}
+            unknown, absent = sorted(set(nnsight_rows) - expected), sorted(expected - set(nnsight_rows))
+            if unknown or absent:
+                raise CatalogueError(
+                    f"{path} [nnsight_rows]: unknown keys {unknown}, missing keys {absent}; the keys are {sorted(expected)}"
+                )
         return cls(
             source=path,
             architectures=tuple(data["architectures"]),
@@ -117,6 +144,7 @@ class HookCatalogue:
             grid=data["grid"],
             nnsight=nnsight,
             transformer_lens=transformer_lens,
+            nnsight_rows=nnsight_rows,
         )
 
 

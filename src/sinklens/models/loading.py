@@ -1,4 +1,8 @@
-"""Load an LMM with eager attention and describe it: `LoadedModel`.
+"""Load an LMM and describe it: `LoadedModel`.
+
+Two attention routes (`load(..., attention=...)`): "eager" (the default)
+computes every layer's full `[T, T]` pattern; "rows" runs sdpa and computes
+scores and pattern only for the rows a stack acts on (`sinklens.models.attention`).
 
 A model too large for one device loads with a device map (accelerate), through
 the same call: `load("llava-hf/llava-1.5-13b-hf", dtype=torch.float16,
@@ -38,6 +42,10 @@ from sinklens.models.spans import ImageSpans, image_spans, square_grid
 # name -> () -> (model, processor), from the records in builtins.py
 BUILTINS: dict[str, Callable[[], tuple[Any, Any]]] = {record.name: record.build for record in BUILTIN_MODELS}
 
+# the attention routes a LoadedModel can run (docs/architecture.md, "Attention routes")
+ATTENTION_ROUTES = ("eager", "rows")
+
+
 # an image, or several images shown in one prompt (in order); a path (str or Path) is opened
 Images = Image.Image | str | os.PathLike[str] | Sequence[Image.Image | str | os.PathLike[str]]
 
@@ -62,6 +70,7 @@ class LoadedModel:
     sink_dims: tuple[int, ...] | None = None
     sink_dims_source: str | None = None
     default_tau: float | None = None  # the registered sink threshold for this model, if any
+    attention: str = "eager"  # the language model's route, one of ATTENTION_ROUTES
 
     @property
     def d_model(self) -> int:
@@ -186,22 +195,48 @@ class LoadedModel:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True).strip()
 
 
-def _check_eager(model: Any, catalogue: HookCatalogue) -> None:
+def _attention_route(model: Any, catalogue: HookCatalogue, attention: str | None) -> str:
+    """The route of the language model, after switching it to `attention` if given; refuses sdpa and flash."""
+    from sinklens.models.attention import ROWS, use_rows
+
     text_config = getattr(model.config, catalogue.text_config_field)
+    if attention is not None:
+        _check_route(attention)
+        if attention == "rows":
+            catalogue.rows_call(0)  # the catalogue must say where the rows route's points are
+            use_rows(model, catalogue.text_config_field)
+        elif text_config._attn_implementation != "eager":
+            model.set_attn_implementation("eager")
     implementation = text_config._attn_implementation
-    if implementation != "eager":
-        raise AttentionImplementationError(
-            f"the language model uses {implementation!r} attention, which computes attention without a "
-            "pattern to hook. Load it with attn_implementation='eager' (sinklens.load does), or call "
-            "model.set_attn_implementation('eager') before wrapping it."
+    if implementation == "eager":
+        return "eager"
+    if implementation == ROWS:
+        return "rows"
+    raise AttentionImplementationError(
+        f"the language model uses {implementation!r} attention, which computes attention without a "
+        "pattern to hook. Load it with attn_implementation='eager' (sinklens.load does), call "
+        "model.set_attn_implementation('eager') before wrapping it, or pass attention='rows' (sdpa, with "
+        "explicit attention only for the rows a stack acts on) or attention='eager' to from_hf."
+    )
+
+
+def _check_route(attention: str) -> None:
+    if attention not in ATTENTION_ROUTES:
+        raise ParameterError(
+            f"attention must be one of {', '.join(map(repr, ATTENTION_ROUTES))}, got {attention!r}: 'eager' computes "
+            "every layer's full pattern, 'rows' runs sdpa and computes only the rows a stack acts on"
         )
 
 
-def from_hf(model: Any, processor: Any, *, name: str | None = None) -> LoadedModel:
-    """Describe an already-loaded HF model; it must use eager attention."""
+def from_hf(model: Any, processor: Any, *, name: str | None = None, attention: str | None = None) -> LoadedModel:
+    """Describe an already-loaded HF model whose language model runs eager attention or the rows route.
+
+    `attention` ("eager" or "rows") switches the language model to that route
+    first; without it, the model must already run one of them.
+    """
     architecture = type(model).__name__
     catalogue = catalogue_for(architecture)
-    _check_eager(model, catalogue)
+    route = _attention_route(model, catalogue, attention)
     name = name or getattr(model.config, "_name_or_path", None) or architecture
     known = known_sink_dims(name)
     return LoadedModel(
@@ -212,6 +247,7 @@ def from_hf(model: Any, processor: Any, *, name: str | None = None) -> LoadedMod
         sink_dims=known.dims if known else None,
         sink_dims_source=known.source if known else None,
         default_tau=known.tau if known else None,
+        attention=route,
     )
 
 
@@ -309,14 +345,20 @@ def load(
     device: str | torch.device | None = None,
     device_map: str | Mapping[str, Any] | None = None,
     hf_kwargs: Mapping[str, Any] | None = None,
+    attention: str = "eager",
 ) -> LoadedModel:
-    """Load a built-in model (see `BUILTINS`), a hub id or a local path, with eager attention.
+    """Load a built-in model (see `BUILTINS`), a hub id or a local path.
+
+    `attention` is the language model's route: "eager" (every layer's full
+    pattern) or "rows" (sdpa, plus explicit scores and pattern for the rows a
+    stack acts on; the vision tower then runs sdpa).
 
     `device` puts the whole model on one device (default: the CPU). `device_map`
     spreads it over several (accelerate): "auto", or a dict from module name to
     device ("cpu", a GPU index, or "disk" with `hf_kwargs={"offload_folder": ...}`),
     as `from_pretrained(device_map=...)` takes it. Give one of the two.
     """
+    _check_route(attention)
     if device is not None and device_map is not None:
         raise ParameterError(
             f"give device ({device!r}) or device_map ({device_map!r}), not both: a device map already says "
@@ -333,7 +375,7 @@ def load(
             model = model.to(device or "cpu")
         else:
             model = _dispatch(model, device_map, hf_kwargs.get("offload_folder"))
-        return from_hf(model, processor, name=name_or_path)
+        return from_hf(model, processor, name=name_or_path, attention=attention)
 
     import transformers
 
@@ -351,4 +393,4 @@ def load(
     if device_map is None:
         model = model.to(device or "cpu")
     processor = load_processor(name_or_path, config.model_type)
-    return from_hf(model, processor, name=name_or_path)
+    return from_hf(model, processor, name=name_or_path, attention=attention)

@@ -77,6 +77,13 @@ class Hook:
     `member` names the stack member the hook comes from (for messages; empty
     for a user's own function) and `occurrence` tells that member's place in
     the stack apart from another member of the same kind; `plan` fills both.
+
+    `query_rows=True` declares a function at an attention point that reads and
+    writes only `ctx.query_rows(tensor)` (the text queries in prefill, the new
+    token while decoding), as every built-in intervention does: the rows route
+    then computes only those rows. Without it (a user's function, which may
+    read any row) the rows route computes that layer's every row, eager's full
+    pattern.
     """
 
     name: str
@@ -84,6 +91,7 @@ class Hook:
     prefill_only: bool = False
     writes: bool = True
     weights: bool = False
+    query_rows: bool = False
     member: str = ""
     occurrence: int | None = field(default=None, compare=False, repr=False)
 
