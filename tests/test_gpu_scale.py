@@ -17,6 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import gpu_scale  # noqa: E402
 import routes  # noqa: E402
 
+pytestmark = pytest.mark.slow  # builds models of each route and runs one arm per subprocess (make test-fast skips it)
+
 
 @pytest.fixture(scope="module")
 def report():
