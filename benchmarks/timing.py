@@ -121,19 +121,33 @@ def compare(timings: Timings, arm: str, base: str) -> dict[str, Any]:
 def run_alone(factory: Callable[[], Arm], calls: int = 1) -> dict[str, Any]:
     """Build the arm `factory()` returns in a fresh process, call it `calls` times; its times and peak memory.
 
-    `peak_rss_before_mib` is the process's peak resident memory once the arm is
-    built (model loaded), `peak_rss_mib` after its calls: the arm's own peak
-    shows as the difference, unless building it peaked higher. On a CUDA
+    `peak_rss_before_mib` is the process's resident memory once the arm is built
+    (model loaded; on Linux the peak is reset there, so building does not hide the
+    arm's peak), `peak_rss_mib` the peak during its calls: the arm's own peak
+    shows as the difference. On a CUDA
     device, `cuda_peak_mib` is torch's peak allocation during the calls.
     """
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
         return pool.submit(_alone, factory, calls).result()
 
 
-def _peak_rss_mib() -> float:
+def _peak_rss_mib(*, reset: bool = False) -> float:
+    """The process's peak resident memory in MiB; `reset` first lowers it to the current size (Linux).
+
+    A spawned child inherits its parent's ru_maxrss on Linux, so there the peak is
+    read from /proc/self/status (VmHWM), which /proc/self/clear_refs resets.
+    """
     import resource
     import sys
+    from pathlib import Path
 
+    status = Path("/proc/self/status")
+    if status.exists():
+        if reset:
+            Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 2**10, 1)  # kB
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
@@ -141,7 +155,7 @@ def _peak_rss_mib() -> float:
 def _alone(factory: Callable[[], Arm], calls: int) -> dict[str, Any]:
     arm = factory()
     cuda = _cuda_reset()
-    before = _peak_rss_mib()
+    before = _peak_rss_mib(reset=True)
     wall: list[float] = []
     for _ in range(calls):
         if arm.setup is not None:
