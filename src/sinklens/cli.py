@@ -575,13 +575,14 @@ def explore(args: argparse.Namespace) -> tuple[Path, dict[str, int]]:
     from sinklens.explorer import explore as build
 
     from sinklens.models import load
+    from sinklens.models.images import open_image, to_rgb
 
     find, var = _stack(args, with_var=True)  # check parameters before loading anything
     _check_new_tokens(args)
     _check_dims_sign(args)
     if not args.max_mb > 0:
         raise ParameterError(f"--max-mb must be > 0, got {args.max_mb}")
-    images = [to_rgb(open_image(path, what="--image")) for path in args.image]  # corrupt, missing, a folder
+    images = [to_rgb(open_image(path, what="--image")).image for path in args.image]  # corrupt, missing, a folder
     _check_out_folder(args.out)
     _check_model(args)
     lm = load(args.model, attention=args.attention)
