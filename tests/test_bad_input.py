@@ -198,6 +198,7 @@ def test_read_only_mount(command, folder, spies, capsys):
         (["draw-scene", "--model", "bogus", "--out", "{tmp}/s.png"], "takes a built-in"),
     ],
 )
+@pytest.mark.slow  # a subprocess or toy-llava: `make test` runs it, `make test-fast` does not
 def test_the_installed_entry_point_prints_no_traceback(args, message, folder):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     done = subprocess.run([sys.executable, "-m", "sinklens"] + [a.format(**folder) for a in args],

@@ -89,6 +89,7 @@ def _link_tree(source: Path, target: Path) -> None:
     shutil.copytree(source, target, copy_function=link)
 
 
+@pytest.mark.slow  # a subprocess or toy-llava: `make test` runs it, `make test-fast` does not
 def test_smollm2_without_its_tokenizer_is_rebuilt(tmp_path, monkeypatch):
     """The issue's case: a first load killed after the LM weights were saved, before the tokenizer."""
     parts.smollm2(progress=False)  # the real cache, built if needed

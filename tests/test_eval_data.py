@@ -199,6 +199,7 @@ def test_vqa_scores_computed_by_hand(tmp_path):
 # --- evaluation end to end -----------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a subprocess or toy-llava: `make test` runs it, `make test-fast` does not
 def test_eval_pope_on_a_published_file_batched_with_var_resumes_after_sigkill(tmp_path):
     """The acceptance command: one line per question, the metrics, and a SIGKILLed run resumed to the same result."""
     data, images = write_pope(tmp_path, 12)
@@ -270,6 +271,7 @@ def test_eval_vqa_scores_every_row_as_the_scorer_does(tmp_path, capsys):
 # --- evaluation folders: locks, settings, restart -------------------------------------------------
 
 
+@pytest.mark.slow  # a subprocess or toy-llava: `make test` runs it, `make test-fast` does not
 def test_two_concurrent_runs_on_one_folder_the_second_is_refused_at_once(tmp_path):
     out = tmp_path / "out"
     # long enough (80 questions, 8 tokens each) that the other two start, import torch and are refused meanwhile
@@ -297,6 +299,7 @@ def test_two_concurrent_runs_on_one_folder_the_second_is_refused_at_once(tmp_pat
     assert "Loading" not in second.stderr  # refused before the model loads
 
 
+@pytest.mark.slow  # a subprocess or toy-llava: `make test` runs it, `make test-fast` does not
 def test_the_lock_is_released_when_its_holder_is_killed(tmp_path):
     code = "import sys, time; from sinklens.eval.folder import RunFolder; RunFolder(sys.argv[1], 'pope').lock(); print('held', flush=True); time.sleep(600)"
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env=_env(), stdout=subprocess.PIPE, text=True)

@@ -281,6 +281,7 @@ def _toy_runner():
 
 
 # tau 12: toy-llava's image tokens never reach 20, and the released code selects nothing without a visual sink
+@pytest.mark.slow  # a subprocess or toy-llava: `make test` runs it, `make test-fast` does not
 @pytest.mark.parametrize("convention", CONVENTIONS)
 def test_var_near_rho_matches_the_oracle_on_toy_llava(convention):
     inputs = loaded("toy-llava").prepare(demo_scene("toy-llava"), QUESTION)

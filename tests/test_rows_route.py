@@ -22,6 +22,10 @@ from sinklens.backends.nnsight_backend import NnsightRunner
 from sinklens.models import load
 from sinklens.models.loading import demo_scene
 
+# every stack on every tiny architecture, both routes, prefill and 8 steps: `make test` runs it, `make test-fast`
+# keeps the op-level checks of the rows attention function (tests/test_rows_attention.py) and the eager core
+pytestmark = pytest.mark.slow
+
 TOLERANCE = 1e-5
 STEPS = 8
 
