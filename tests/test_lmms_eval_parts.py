@@ -18,6 +18,9 @@ from sinklens.models.loading import demo_scene
 
 from conftest import loaded, runner_for
 
+# the lmms-eval integration, not the core: `make test` runs it, `make test-fast` does not
+pytestmark = pytest.mark.slow
+
 QUESTIONS = ("What is in the image?", "Is there a circle in the image? Answer yes or no.", "Describe it.")
 
 
