@@ -65,6 +65,7 @@ def _allocating_arm(mib: int) -> Arm:
     return Arm(f"allocate {mib} MiB", partial(_allocate, mib))
 
 
+@pytest.mark.slow  # a child process
 def test_an_arm_run_alone_reports_its_peak_memory():
     report = run_alone(partial(_allocating_arm, 256))
     assert report["arm"] == "allocate 256 MiB" and len(report["wall_s"]) == 1

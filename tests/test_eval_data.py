@@ -234,6 +234,7 @@ def test_eval_pope_on_a_published_file_batched_with_var_resumes_after_sigkill(tm
     assert {k: resumed[k] for k in ("accuracy", "f1", "n")} == {k: metrics[k] for k in ("accuracy", "f1", "n")}
 
 
+@pytest.mark.slow  # two whole eval runs: `make test` runs it
 def test_batch_4_and_batch_1_give_the_same_answers_with_var(tiny, runner, tmp_path):
     data, images = write_pope(tmp_path, 8)
     stack = [FindSinks(), VAR()]

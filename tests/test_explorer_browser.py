@@ -24,6 +24,8 @@ from sinklens.models.loading import demo_scene
 STEPS = 3
 CHROMIUM = os.environ.get("SINKLENS_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
+pytestmark = pytest.mark.slow  # a real browser
+
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="Playwright is not installed (pip install -c constraints.txt playwright); "
     "the page's data is still checked by tests/test_explorer.py"

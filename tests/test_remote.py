@@ -340,6 +340,7 @@ def test_referenced_modules_finds_globals_and_subimports():
 # ---- the command line -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the CLI twice, end to end: `make test` runs it
 def test_sinklens_run_under_the_local_simulation_gives_the_local_result(tmp_path):
     from sinklens.cli import main
 
