@@ -10,20 +10,19 @@ PY=${PYTHON:-python}
 R=docs/results
 RUNS=$R/pope_runs
 N=${POPE_N:-300}
-POPE="--split random --n $N --batch-size 8 --runs $RUNS"
+POPE="--split random --n $N --batch-size 8 --runs $RUNS"  # fig3b
+TABLE="--splits random --n $N --batch-size 8 --runs $RUNS"  # table_var
 mkdir -p out/results-logs
 
 # What produced docs/results/ in this session (each step resumes, and reuses the rows of earlier steps:
 # the same setting on the same questions is one folder under $RUNS).
-lane_var() {
-  for tau in 20 visual; do  # baseline and VAR as the paper specifies it, n = 300
-    $PY studies/table_var.py --tau $tau --settings method --no-grid --splits random --n $N --batch-size 8 \
-      --runs $RUNS --out $R/tau$([ $tau = visual ] && echo 16 || echo 20)
-  done
-  for tau in 20 visual; do  # VAR's ablations on the first 100 of those questions (CPU time)
-    $PY studies/table_var.py --tau $tau --settings all --no-grid --splits random --n 100 --batch-size 8 \
-      --runs $RUNS --out $R/tau$([ $tau = visual ] && echo 16 || echo 20)_n100
-  done
+lane_var() {  # one threshold per lane: $1 is 20 or visual (16)
+  local tau=$1 out=$R/tau$([ "$1" = visual ] && echo 16 || echo 20)
+  # baseline and VAR as the paper specifies it, then VAR's ablations (released convention, all heads,
+  # destinations), then the rho x p grid in both conventions; each pass reuses the rows of the one before
+  $PY studies/table_var.py --tau $tau --settings method --no-grid $TABLE --out $out
+  $PY studies/table_var.py --tau $tau --settings all --no-grid $TABLE --out $out
+  $PY studies/table_var.py --tau $tau --settings all --grid $TABLE --out $out
 }
 
 lane_maps() {
@@ -38,6 +37,7 @@ lane_maps() {
   $PY studies/fig3b_sink_ablation.py --tau 20 --seeds 1 $POPE --out $R/tau20
 }
 
-lane_var > out/results-logs/lane_var.log 2>&1 &
-lane_maps > out/results-logs/lane_maps.log 2>&1 &
+lane_var visual > out/results-logs/lane_var16.log 2>&1 &
+lane_var 20 > out/results-logs/lane_var20.log 2>&1 &
 wait
+lane_maps > out/results-logs/lane_maps.log 2>&1
