@@ -22,6 +22,7 @@ lane_var() {  # one threshold per lane: $1 is 20 or visual (16)
   # destinations), then the rho x p grid in both conventions; each pass reuses the rows of the one before
   $PY studies/table_var.py --tau $tau --settings method --no-grid $TABLE --out $out
   $PY studies/table_var.py --tau $tau --settings all --no-grid $TABLE --out $out
+  $PY studies/table_var.py --tau $tau --settings all --grid ${TABLE/--n $N/--n 100} --out ${out}_n100  # the grid, n = 100 first
   $PY studies/table_var.py --tau $tau --settings all --grid $TABLE --out $out
 }
 
