@@ -16,16 +16,18 @@ def main(argv=None) -> dict:
     layers = map_layers(lm.n_layers)
     middle = layers[len(layers) // 2]
     examples, panels = [], []
-    for index, s, question, inputs in study.prompts():
+    for batch, inputs in study.batches():
         ctx = study.runner.forward(inputs, [study.find_sinks(), sl.AttentionMaps(layers=layers)]).ctx
-        grid = image_map(ctx, layers)
-        tile = max(ctx.image.images_of(0)[0].tiles, key=lambda t: t.positions.numel())
-        sinks = tile.gather(ctx.sinks[middle][0].cpu())
-        on_sinks = float((grid * sinks).sum() / grid.sum())
-        examples.append({"scene": study.source_name(s, index), "question": question, "objects": [o.phrase + " at " + o.position for o in s.objects],
-                         "background": s.background, "map": grid, "visual_sinks": sinks.int(),
-                         "n_visual_sinks": int(sinks.sum()), "share_of_image_attention_on_sinks": on_sinks})  # fmt: skip
-        panels.append((s.image(), grid, sinks, question, on_sinks))
+        for e in batch:
+            s, question = e.source, e.question
+            grid = image_map(ctx, layers, prompt=e.row)
+            tile = max(ctx.image.images_of(e.row)[0].tiles, key=lambda t: t.positions.numel())
+            sinks = tile.gather(ctx.sinks[middle][e.row].cpu())
+            on_sinks = float((grid * sinks).sum() / grid.sum())
+            examples.append({"scene": study.source_name(s, e.index), "question": question, "objects": [o.phrase + " at " + o.position for o in s.objects],
+                             "background": s.background, "map": grid, "visual_sinks": sinks.int(),
+                             "n_visual_sinks": int(sinks.sum()), "share_of_image_attention_on_sinks": on_sinks})  # fmt: skip
+            panels.append((s.image(), grid, sinks, question, on_sinks))
     cols = min(3, len(panels))
     rows = (len(panels) + cols - 1) // cols
     fig, axes = figure(rows, cols, figsize=(3.2 * cols, 3.4 * rows + 0.4), squeeze=False)

@@ -26,27 +26,28 @@ def main(argv=None) -> dict:
     counts = {"bos": 0, "visual_sink": 0, "visual_non_sink": 0}
     profiles, magnitudes, candidates = None, [], []
     n_with_sink = 0
-    for index, _, question, inputs in study.prompts():
+    for batch, inputs in study.batches():
         ctx = study.runner.forward(inputs, [finder, sl.SinkDimensionScan()]).ctx
         scan = ctx.records["scan"]
-        magnitudes.append(torch.stack([scan[l][0] for l in range(lm.n_layers)]))  # [layer, pos, d]
-        first = torch.zeros(inputs["input_ids"].shape[1], dtype=torch.bool)
-        first[0] = True
-        candidates.append(first)
-        profile = scan[layer][0]
-        image = ctx.image.mask[0].cpu()
-        phi = ctx.phi[layer][0].cpu()
-        sinks = ctx.sinks[layer][0].cpu() & image
-        n_with_sink += bool(sinks.any())
-        # the image token with the largest phi (a visual sink when it reaches tau) and the one with the smallest
-        tokens = {"bos": 0, "visual_sink": int(phi.masked_fill(~image, -1).argmax()),
-                  "visual_non_sink": int(phi.masked_fill(~image, float("inf")).argmin())}  # fmt: skip
-        for kind, position in tokens.items():
-            counts[kind] += int(profile[position].argmax()) in dims
-        if profiles is None:
-            profiles = {kind: {"position": pos, "phi": float(phi[pos]), "profile": profile[pos],
-                               "top_dims": profile[pos].topk(5).indices.tolist()} for kind, pos in tokens.items()}  # fmt: skip
-            profiles["scene"], profiles["question"] = index, question
+        for e in batch:  # each example on its own positions (batches are padded on the left): position 0 is its BOS
+            magnitudes.append(torch.stack([e.own(scan[l]) for l in range(lm.n_layers)]))  # [layer, pos, d]
+            first = torch.zeros(e.length, dtype=torch.bool)
+            first[0] = True
+            candidates.append(first)
+            profile = e.own(scan[layer])
+            image = e.own(ctx.image.mask).cpu()
+            phi = e.own(ctx.phi[layer]).cpu()
+            sinks = e.own(ctx.sinks[layer]).cpu() & image
+            n_with_sink += bool(sinks.any())
+            # the image token with the largest phi (a visual sink when it reaches tau) and the one with the smallest
+            tokens = {"bos": 0, "visual_sink": int(phi.masked_fill(~image, -1).argmax()),
+                      "visual_non_sink": int(phi.masked_fill(~image, float("inf")).argmin())}  # fmt: skip
+            for kind, position in tokens.items():
+                counts[kind] += int(profile[position].argmax()) in dims
+            if profiles is None:
+                profiles = {kind: {"position": pos, "phi": float(phi[pos]), "profile": profile[pos],
+                                   "top_dims": profile[pos].topk(5).indices.tolist()} for kind, pos in tokens.items()}  # fmt: skip
+                profiles["scene"], profiles["question"] = e.index, e.question
     length = max(m.shape[1] for m in magnitudes)
     stacked = torch.stack([torch.nn.functional.pad(m, (0, 0, 0, length - m.shape[1])) for m in magnitudes])
     first_tokens = torch.stack([torch.nn.functional.pad(c, (0, length - c.shape[0])) for c in candidates])

@@ -25,12 +25,13 @@ def main(argv=None) -> dict:
     tau = finder.threshold(lm.d_model, lm.default_tau)
     phis = {l: [] for l in layers}
     attention = {l: [] for l in layers}
-    for _, _, _, inputs in study.prompts():
+    for batch, inputs in study.batches():
         ctx = study.runner.forward(inputs, [finder, sl.AttentionMaps(layers=layers)]).ctx
-        image = ctx.image.mask[0].cpu()
-        for l in layers:
-            phis[l].append(ctx.phi[l][0].cpu()[image])
-            attention[l].append(ctx.records["attention_maps"][l][0][image])
+        for e in batch:
+            image = ctx.image.mask[e.row].cpu()
+            for l in layers:
+                phis[l].append(ctx.phi[l][e.row].cpu()[image])
+                attention[l].append(ctx.records["attention_maps"][l][e.row][image])
     per_layer = []
     for l in layers:
         phi, attn = torch.cat(phis[l]), torch.cat(attention[l])

@@ -35,21 +35,23 @@ def main(argv=None) -> dict:
     keys = ("contribution", "attention")
     series = {(kind, what): {l: [] for l in layers} for kind in ("sinks", "random") for what in keys}
     generator = torch.Generator().manual_seed(args.seed)
-    for _, _, _, inputs in study.prompts():
+    for batch, inputs in study.batches():
         ctx = study.runner.forward(inputs, [study.find_sinks(), contribution, sl.AttentionMaps(layers=layers)]).ctx
-        image = ctx.image.mask.cpu()
         queries = ctx.text_queries(inputs["input_ids"].shape[1])[:, ctx.spec.text_from:].cpu()
+        per_key = {}  # layer -> [batch, key]: contribution summed over heads, averaged over each prompt's text queries
         for l in layers:
-            sinks = ctx.sinks[l].cpu() & image
-            if not sinks.any():
-                continue
-            chosen = ops.random_keys(image & ~sinks, sinks.sum(-1), generator)
-            per_key = ctx.records["contribution"][l].sum(1)  # [batch, query, key], summed over heads
-            per_key = (per_key * queries[..., None]).sum(1) / queries.sum(-1, keepdim=True)  # mean over text queries
-            attention = ctx.records["attention_maps"][l]
-            for kind, mask in (("sinks", sinks), ("random", chosen)):
-                series[(kind, "contribution")][l].append(float(per_key[mask].mean()))
-                series[(kind, "attention")][l].append(float(attention[mask].mean()))
+            summed = ctx.records["contribution"][l].sum(1)  # [batch, query, key]
+            per_key[l] = (summed * queries[..., None]).sum(1) / queries.sum(-1, keepdim=True)
+        for e in batch:  # on its own positions, so the random draw is the one it gets alone (same shape, same order)
+            image = e.own(ctx.image.mask).cpu()
+            for l in layers:
+                sinks = e.own(ctx.sinks[l]).cpu() & image
+                if not sinks.any():
+                    continue
+                chosen = ops.random_keys((image & ~sinks)[None], sinks.sum()[None], generator)[0]
+                for kind, mask in (("sinks", sinks), ("random", chosen)):
+                    series[(kind, "contribution")][l].append(float(e.own(per_key[l])[mask].mean()))
+                    series[(kind, "attention")][l].append(float(e.own(ctx.records["attention_maps"][l])[mask].mean()))
     per_layer = [{"layer": l, **{f"{kind}_{what}": mean_and_spread(series[(kind, what)][l])
                                  for kind in ("sinks", "random") for what in keys}} for l in layers]  # fmt: skip
     for row in per_layer:  # contribution per unit of attention: how large the tokens' head outputs ||W_O v_j|| are

@@ -23,23 +23,25 @@ def main(argv=None) -> dict:
     maps = sl.AttentionMaps(layers=layers)
     examples = []
     fig, axes = figure(args.n, 2, figsize=(6.6, 3.1 * args.n), squeeze=False)
-    for row, (index, s, question, inputs) in enumerate(study.prompts()):
+    for batch, inputs in study.batches():
         kept = study.runner.forward(inputs, [study.find_sinks(), maps]).ctx
         removed = study.runner.forward(inputs, [study.find_sinks(), sl.SinkAblation(), maps]).ctx
-        tile = max(kept.image.images_of(0)[0].tiles, key=lambda t: t.positions.numel())
-        sinks = tile.gather(kept.sinks[middle][0].cpu())
-        with_sinks, without = image_map(kept, layers), image_map(removed, layers)
-        non_sink = ~sinks
-        examples.append({
-            "scene": study.source_name(s, index), "question": question, "objects": [o.phrase + " at " + o.position for o in s.objects],
-            "visual_sinks": sinks.int(), "map_with_sinks": with_sinks, "map_without_sinks": without,
-            "image_attention_with": float(with_sinks.sum()), "image_attention_without": float(without.sum()),
-            "non_sink_attention_with": float(with_sinks[non_sink].sum()),
-            "non_sink_attention_without": float(without[non_sink].sum()),
-        })  # fmt: skip
-        for ax, grid, what in ((axes[row, 0], with_sinks, "with sinks"), (axes[row, 1], without, "visual sinks ablated")):
-            shown = overlay(ax, s.image(), grid, sinks=sinks, title=f"{short(question)}\n{what}: image attn {float(grid.sum()):.2f}")
-            fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02, label="attention")
+        for e in batch:
+            s, question = e.source, e.question
+            tile = max(kept.image.images_of(e.row)[0].tiles, key=lambda t: t.positions.numel())
+            sinks = tile.gather(kept.sinks[middle][e.row].cpu())
+            with_sinks, without = image_map(kept, layers, prompt=e.row), image_map(removed, layers, prompt=e.row)
+            non_sink = ~sinks
+            examples.append({
+                "scene": study.source_name(s, e.index), "question": question, "objects": [o.phrase + " at " + o.position for o in s.objects],
+                "visual_sinks": sinks.int(), "map_with_sinks": with_sinks, "map_without_sinks": without,
+                "image_attention_with": float(with_sinks.sum()), "image_attention_without": float(without.sum()),
+                "non_sink_attention_with": float(with_sinks[non_sink].sum()),
+                "non_sink_attention_without": float(without[non_sink].sum()),
+            })  # fmt: skip
+            for ax, grid, what in ((axes[e.index, 0], with_sinks, "with sinks"), (axes[e.index, 1], without, "visual sinks ablated")):
+                shown = overlay(ax, s.image(), grid, sinks=sinks, title=f"{short(question)}\n{what}: image attn {float(grid.sum()):.2f}")
+                fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02, label="attention")
     fig.suptitle(study.title("text-to-image attention with and without visual sinks", f"layers {layers[0]}-{layers[-1]}")
                  + f"\nsinks (x) at layer {middle}; ablation in every layer", fontsize=9)  # fmt: skip
     fig.tight_layout()

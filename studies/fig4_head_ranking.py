@@ -22,10 +22,11 @@ def main(argv=None) -> dict:
     lm = study.loaded
     layers = tuple(range(2, lm.n_layers - 1))
     scores, image_attention = [], []
-    for _, _, _, inputs in study.prompts():
+    for batch, inputs in study.batches():
         ctx = study.runner.forward(inputs, [study.find_sinks(), sl.HeadScores(layers=layers)]).ctx
-        scores.append(torch.stack([ctx.records["head_scores"][l][0] for l in layers]))  # [layer, head]
-        image_attention.append(torch.stack([ctx.records["head_image_attention"][l][0] for l in layers]))
+        for e in batch:
+            scores.append(torch.stack([ctx.records["head_scores"][l][e.row] for l in layers]))  # [layer, head]
+            image_attention.append(torch.stack([ctx.records["head_image_attention"][l][e.row] for l in layers]))
     score = torch.stack(scores).mean(0)
     attention = torch.stack(image_attention).mean(0)
     n_heads = score.shape[1]

@@ -17,13 +17,14 @@ def main(argv=None) -> dict:
     finder = study.find_sinks()
     shares = [[] for _ in range(lm.n_layers)]
     text_sinks = [[] for _ in range(lm.n_layers)]
-    for _, _, _, inputs in study.prompts():
+    for batch, inputs in study.batches():
         ctx = study.runner.forward(inputs, [finder]).ctx
-        image = ctx.image.mask[0]
-        for layer in range(lm.n_layers):
-            sinks = ctx.sinks[layer][0]
-            shares[layer].append(float((sinks & image).sum() / image.sum()))
-            text_sinks[layer].append(int((sinks & ~image).sum()))
+        for e in batch:  # its own positions: left padding is neither image nor text
+            image = e.own(ctx.image.mask)
+            for layer in range(lm.n_layers):
+                sinks = e.own(ctx.sinks[layer])
+                shares[layer].append(float((sinks & image).sum() / image.sum()))
+                text_sinks[layer].append(int((sinks & ~image).sum()))
     tau = finder.threshold(lm.d_model, lm.default_tau)
     per_layer = [{"layer": l, "visual_sink_share": mean_and_spread(shares[l]),
                   "text_sinks": mean_and_spread(text_sinks[l])} for l in range(lm.n_layers)]  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -177,3 +178,95 @@ def test_study_on_the_rows_route_gives_the_eager_numbers(name, tmp_path):
     assert (eager.pop("attention"), rows.pop("attention")) == ("eager", "rows")
     eager.pop("seconds"), rows.pop("seconds")
     _close(eager, rows)
+
+
+def _close_relative(a, b, where: str = "") -> None:
+    """JSON values equal, floats within 1e-4 relative (1e-6 absolute near zero: the studies round to 6 digits)."""
+    if isinstance(a, float) or isinstance(b, float):
+        assert math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6), f"{where}: {a} != {b}"
+    elif isinstance(a, dict):
+        assert sorted(a) == sorted(b), f"{where}: keys"
+        for key in a:
+            _close_relative(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), f"{where}: length"
+        for index, (x, y) in enumerate(zip(a, b)):
+            _close_relative(x, y, f"{where}[{index}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def _without_random_ablation(data: dict) -> dict:
+    """fig3b's JSON less its random-ablation settings: their draw depends on the batch's shape (evaluate_pope)."""
+    data["rows"] = [row for row in data["rows"] if not row["setting"].startswith("random")]
+    random = {f"random_seed{seed}" for seed in data["seeds"]}
+    data["comparisons"] = [c for c in data["comparisons"] if not {c["a"], c["b"]} & random]
+    data["summary"] = {key: value for key, value in data["summary"].items() if not key.startswith("random")}
+    return data
+
+
+# tiny-llava-next: its grid follows each image's size, so photos of different sizes make prompts of different
+# lengths, padded on the left in a batch (on tiny-llava every study prompt has the same length: nothing to pad)
+BATCHED_MODEL = "tiny-llava-next"
+
+
+def _photos_with_few_sinks(folder: Path, k: int = 3) -> Path:
+    """k photos of different sizes, blue with one white box: tiny models' planted visual sinks are white patches,
+    so a few image tokens are sinks (about 20 of 130) and a random draw among the others is a real draw."""
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(k):
+        image = Image.new("RGB", (200 + 40 * index, 150 + 20 * index), (90, 120, 160))
+        ImageDraw.Draw(image).rectangle((10, 10, 10 + 40 * (index + 1), 60), fill=(255, 255, 255))
+        image.save(folder / f"photo_{index}.png")
+    return folder
+
+
+@pytest.mark.parametrize("name", list(STUDIES))
+def test_study_in_batches_gives_the_numbers_of_one_prompt_at_a_time(name, tmp_path):
+    """--batch-size 2 over 3 prompts (a padded batch, then a partial one) writes the numbers of --batch-size 1."""
+    if name in ("fig3b_sink_ablation", "table_var"):
+        data, images = _pope_file(tmp_path)
+        source = ("--data", str(data), "--images", str(images))
+    else:
+        source = ("--images", str(_photos_with_few_sinks(tmp_path / "photos")))
+    results = {}
+    for size in (1, 2):
+        done = run_study(name, tmp_path / f"batch{size}", "--smoke", "--model", BATCHED_MODEL, *source, "--n", "3",
+                         "--batch-size", str(size))  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        results[size] = json.loads((tmp_path / f"batch{size}" / f"{name}.json").read_text())
+        assert results[size].pop("batch_size") == size and results[size]["n"] == 3
+        results[size].pop("seconds")
+        if name == "fig3b_sink_ablation":
+            _without_random_ablation(results[size])
+    _close_relative(results[1], results[2])
+
+
+def test_study_refuses_a_bad_batch_size_before_the_model_loads(tmp_path):
+    for name in ("fig1_attention_maps", "table_var"):
+        done = run_study(name, tmp_path / name, "--batch-size", "0")
+        assert done.returncode != 0
+        assert "--batch-size must be an integer >= 1, got 0" in done.stderr
+        assert not (tmp_path / name).exists(), "the study started (Study.start makes --out) before refusing"
+
+
+def test_batches_are_padded_on_the_left_with_each_prompt_on_its_own_positions(tmp_path):
+    """Study.batches: prompts of different lengths in one batch; e.own(tensor) is the prompt's own tokens."""
+    import sinklens
+    from sinklens.eval.study import Study, parse_args
+
+    images = _photos_with_few_sinks(tmp_path / "photos")
+    argv = ["--out", str(tmp_path / "out"), "--images", str(images), "--n", "3", "--batch-size", "2"]
+    args = parse_args("fig1_attention_maps", "", n=3, smoke_n=3, argv=argv)
+    lm = sinklens.load(BATCHED_MODEL)
+    study = Study(args=args, loaded=lm, runner=sinklens.NnsightRunner(lm))
+    batches = list(study.batches())
+    assert [[e.index for e in examples] for examples, _ in batches] == [[0, 1], [2]]
+    assert [[e.row for e in examples] for examples, _ in batches] == [[0, 1], [0]]
+    assert len({e.length for e in batches[0][0]}) == 2, "the first two prompts must differ in length: a padded batch"
+    for examples, inputs in batches:
+        for e in examples:
+            alone = lm.prepare(e.source.image(), e.question)["input_ids"][0]
+            assert e.length == alone.shape[0] and e.own(inputs["input_ids"]).tolist() == alone.tolist()

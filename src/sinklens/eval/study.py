@@ -7,8 +7,12 @@ with the model, the layers and n). `--smoke` runs a tiny version for CI.
 Prompts are held-out synthetic scenes unless `--images DIR` gives a folder of the
 user's images (the first n, sorted by name); `--question` is the question
 template (`{object}` names a scene's first object, synthetic scenes only).
+Every study takes `--batch-size N` (default 1): N prompts per forward pass
+(`Study.batches`), or N POPE questions per generate call, padded on the left
+with each example's own image spans, so the numbers do not depend on N (up to
+float rounding; a random ablation's draw does, see `evaluate_pope`).
 POPE-scored studies also take `--data FILE --images DIR` (a POPE file as its
-authors publish it), `--batch-size N` and `--runs DIR`: each setting's rows go to
+authors publish it) and `--runs DIR`: each setting's rows go to
 a folder of their own under DIR named by the setting's hash, so a study resumes,
 and studies sharing DIR share identical settings (the baseline) instead of
 recomputing them. Two settings on the same examples are compared with a paired
@@ -16,8 +20,10 @@ bootstrap CI and McNemar's exact test (`sinklens.eval.stats`).
 
     args = parse_args("fig1_attention_maps", "Text-to-image attention drawn over the image.", n=4, smoke_n=2)
     study = Study.start(args)                  # loads the model (toy-llava by default), makes the runner
-    for index, image, question in study.prompts():
-        ...
+    for examples, inputs in study.batches():   # --batch-size prompts at a time
+        ctx = study.runner.forward(inputs, [study.find_sinks()]).ctx
+        for e in examples:                     # e.index, e.source, e.question; e.row: its row of the batch
+            phi = e.own(ctx.phi[10])           # its own positions of a [batch, pos, ...] tensor, as if alone
     study.finish(figure, {"layers": ...})      # writes NAME.png and NAME.json, closes the figure
 """
 
@@ -65,7 +71,7 @@ IMAGES_QUESTION = "Describe the image."
 def parse_args(name: str, description: str, *, n: int, smoke_n: int, argv: Sequence[str] | None = None,
                scored: bool = False, extra: Any = None) -> argparse.Namespace:  # fmt: skip
     """`--model`, `--out`, `--n` (default `n`; `smoke_n` under `--smoke`), `--smoke`, `--seed`, `--tau`, `--remote`,
-    `--images`, `--question`; with `scored` (POPE-scored studies) also `--data`, `--batch-size`, `--runs`.
+    `--images`, `--question`, `--batch-size`; with `scored` (POPE-scored studies) also `--data`, `--suffix`, `--runs`.
     `extra(parser)` adds a study's own options."""
     parser = argparse.ArgumentParser(prog=f"studies/{name}.py", description=description)
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"a built-in or a checkpoint (default {DEFAULT_MODEL})")
@@ -85,6 +91,9 @@ def parse_args(name: str, description: str, *, n: int, smoke_n: int, argv: Seque
     parser.add_argument("--question", default=None,
                         help=f"question template (default {SCENE_QUESTION!r} on scenes, {IMAGES_QUESTION!r} with "
                              "--images; {object} = a scene's first object)")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="POPE questions per generate call (default 1; a random ablation's draws depend on it)"
+                             if scored else "prompts per forward pass (default 1; the numbers do not depend on it)")  # fmt: skip
     if scored:
         parser.add_argument("--data", type=Path, default=None,
                             help="a POPE question file as published (JSON lines: question_id, image, text, label); "
@@ -92,7 +101,6 @@ def parse_args(name: str, description: str, *, n: int, smoke_n: int, argv: Seque
         parser.add_argument("--suffix", default=None,
                             help="with --data: the line appended to each question (default: LLaVA-1.5's "
                                  "'Answer the question using a single word or phrase.'; '' for none)")  # fmt: skip
-        parser.add_argument("--batch-size", type=int, default=1, help="POPE questions per forward pass (default 1)")
         parser.add_argument("--runs", type=Path, default=None,
                             help="folder of the per-setting POPE rows (default OUT/pope_runs); share it between studies "
                                  "to reuse identical settings")  # fmt: skip
@@ -131,8 +139,7 @@ def check_sources(args: argparse.Namespace, scored: bool) -> None:
     from sinklens.eval.pope import check_batch_size, file_items
 
     data = getattr(args, "data", None)
-    if scored:
-        check_batch_size(args.batch_size)
+    check_batch_size(args.batch_size)
     if args.question is None:
         args.question = IMAGES_QUESTION if args.images is not None else SCENE_QUESTION
     elif not args.question.strip():
@@ -181,6 +188,21 @@ def map_layers(n_layers: int) -> tuple[int, ...]:
     return tuple(range(max(low, 0), min(high, n_layers - 1) + 1))
 
 
+@dataclass(frozen=True)
+class Example:
+    """One prompt of a batch from `Study.batches`: which prompt it is and where it sits in the batch."""
+
+    index: int  # among the study's prompts
+    source: Any  # a held-out Scene, or a UserImage under --images
+    question: str
+    row: int  # its row of the batch
+    length: int  # its own tokens: the last `length` positions of its row (batches are padded on the left)
+
+    def own(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Its part of a `[batch, pos, ...]` tensor: its row, its own positions, as if it had run alone."""
+        return tensor[self.row, tensor.shape[1] - self.length :]
+
+
 def scene_prompt(index: int) -> tuple[Any, str]:
     """Held-out scene `index` and a question about its first object ("Is there a circle in the image?")."""
     s = scene("heldout", index)
@@ -226,27 +248,41 @@ class Study:
     def name(self) -> str:
         return self.args.name
 
-    def prompt(self, index: int) -> tuple[Any, str, Any]:
-        """(source, question, inputs) of prompt `index`: a held-out scene, or the index-th image of --images."""
+    def source(self, index: int) -> tuple[Any, str]:
+        """(source, question) of prompt `index`: a held-out scene, or the index-th image of --images."""
         files = getattr(self.args, "image_files", None)
         template = getattr(self.args, "question", None) or SCENE_QUESTION
         if files is not None:
-            source: Any = UserImage(files[index])
-            question = template
-        else:
-            source = scene("heldout", index)
-            question = template.format(object=source.objects[0].shape)
+            return UserImage(files[index]), template
+        source = scene("heldout", index)
+        return source, template.format(object=source.objects[0].shape)
+
+    def prompt(self, index: int) -> tuple[Any, str, Any]:
+        """(source, question, inputs) of prompt `index` alone."""
+        source, question = self.source(index)
         return source, question, self.loaded.prepare(source.image(), question)
 
-    def prompts(self, n: int | None = None, desc: str | None = None) -> Iterator[tuple[int, Any, str, Any]]:
-        """(index, source, question, inputs) for the first `n` prompts, with a progress bar.
+    def batches(self, n: int | None = None, desc: str | None = None) -> Iterator[tuple[list[Example], Any]]:
+        """The first `n` prompts (default --n), --batch-size at a time, with a progress bar over prompts.
 
+        Yields (examples, inputs): `inputs` from `LoadedModel.prepare_batch`, padded on the left,
+        each example with its own image spans (`ctx.image.images_of(e.row)`); read an example's
+        part of a per-position record with `e.own(tensor)` and of a per-prompt one at `e.row`.
         The source is a held-out `Scene`, or a `UserImage` under --images (its `objects` are empty).
         """
         from tqdm.auto import tqdm
 
-        for index in tqdm(range(n or self.args.n), desc=desc or self.name):
-            yield index, *self.prompt(index)
+        total = n or self.args.n
+        size = getattr(self.args, "batch_size", 1)
+        with tqdm(total=total, desc=desc or self.name) as bar:
+            for start in range(0, total, size):
+                chosen = [(index, *self.source(index)) for index in range(start, min(start + size, total))]
+                inputs = self.loaded.prepare_batch([(source.image(), question) for _, source, question in chosen])
+                mask = inputs.get("attention_mask")
+                lengths = mask.sum(-1).tolist() if mask is not None else [inputs["input_ids"].shape[1]] * len(chosen)
+                yield [Example(index, source, question, row, int(length))
+                       for row, ((index, source, question), length) in enumerate(zip(chosen, lengths))], inputs  # fmt: skip
+                bar.update(len(chosen))
 
     def source_name(self, source: Any, index: int) -> str:
         """"scene 3" or the image's file name, for titles."""
@@ -320,7 +356,7 @@ class Study:
         }
 
     def finish(self, figure: Any, data: dict[str, Any]) -> dict[str, Any]:
-        """Write NAME.png and NAME.json (with the model, n, smoke and the wall time); close the figure."""
+        """Write NAME.png and NAME.json (with the model, n, smoke, the batch size and the wall time); close the figure."""
         import matplotlib.pyplot as plt
 
         png = self.args.out / f"{self.name}.png"
@@ -337,6 +373,7 @@ class Study:
             "tau": self.tau,
             "tau_rule": getattr(self.args, "tau_rule", "--tau" if self.args.tau is not None else "model default"),
             "remote": getattr(self.args, "remote", "off"),
+            "batch_size": getattr(self.args, "batch_size", 1),
             "prompts": self.prompt_source(),
             "attention": self.loaded.attention,
             **data,
