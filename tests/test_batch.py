@@ -7,7 +7,7 @@ from functools import cache
 import pytest
 from PIL import Image
 
-from sinklens import VAR, FindSinks
+from sinklens import VAR, FindSinks, RandomAblation
 from sinklens.models.loading import demo_scene
 from sinklens.models.tiny_shared import draw_blocks
 
@@ -74,6 +74,24 @@ def test_each_example_of_a_batch_equals_it_alone_with_var(name):
         for layer in (2, 4):
             assert together.ctx.sinks[layer][index, -n:].tolist() == alone.ctx.sinks[layer][0].tolist()
         assert generated.tokens[index] == alone_generated.tokens[0]
+
+
+
+def test_random_ablation_draws_each_example_of_a_batch_as_alone():
+    """Each prompt draws its random keys on its own positions: the same keys and logits in a padded batch as alone."""
+    name = "tiny-llava"
+    lm, runner = loaded(name), runner_for(name)
+    stack = [FindSinks(), RandomAblation(seed=5, count=3)]
+    inputs = batch(name)
+    together = runner.forward(inputs, stack)
+    for index, example in enumerate(examples(name)):
+        alone_inputs = lm.prepare(*example)
+        n = alone_inputs["input_ids"].shape[1]
+        alone = runner.forward(alone_inputs, stack)
+        for layer, drawn in alone.ctx.records["random_ablation"].items():
+            assert drawn[0].sum() == 3
+            assert together.ctx.records["random_ablation"][layer][index, -n:].tolist() == drawn[0].tolist()
+        assert max_diff(together.logits[index, -n:], alone.logits[0]) <= TOLERANCE
 
 
 def test_prepare_batch_pads_on_the_left_whatever_the_tokenizer_says():

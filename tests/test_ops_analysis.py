@@ -59,6 +59,28 @@ def test_random_keys_takes_counts_from_the_pool_reproducibly(case):
     assert torch.equal(chosen, again)
 
 
+
+@PROPERTY
+@given(case=pools(), data=st.data())
+def test_random_keys_each_draws_each_prompt_as_alone_whatever_its_padding(case, data):
+    pool, counts, seed = case
+    batch, n_keys = pool.shape
+    pads = data.draw(st.lists(st.integers(0, 4), min_size=batch, max_size=batch))
+    width = n_keys + max(pads)
+    # each prompt left-padded to the batch width; padding positions are never in the pool (nor drawn)
+    padded = torch.zeros(batch, width, dtype=torch.bool)
+    own = torch.zeros(batch, width, dtype=torch.bool)
+    for b, pad in enumerate(pads):
+        start = width - n_keys - pad
+        padded[b, start : start + n_keys], own[b, start : start + n_keys] = pool[b], True
+    together = ops.random_keys_each(padded, counts, own, seed)
+    assert not (together & ~own).any()
+    for b, pad in enumerate(pads):
+        start = width - n_keys - pad
+        alone = ops.random_keys(pool[b][None], counts[b : b + 1], torch.Generator().manual_seed(seed))[0]
+        assert torch.equal(together[b, start : start + n_keys], alone), f"prompt {b} draws as alone"
+
+
 def test_random_keys_is_uniform_over_the_pool():
     pool = torch.tensor([[True, False, True, True, True]])
     hits = torch.zeros(5)

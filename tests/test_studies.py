@@ -196,15 +196,6 @@ def _close_relative(a, b, where: str = "") -> None:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
-def _without_random_ablation(data: dict) -> dict:
-    """fig3b's JSON less its random-ablation settings: their draw depends on the batch's shape (evaluate_pope)."""
-    data["rows"] = [row for row in data["rows"] if not row["setting"].startswith("random")]
-    random = {f"random_seed{seed}" for seed in data["seeds"]}
-    data["comparisons"] = [c for c in data["comparisons"] if not {c["a"], c["b"]} & random]
-    data["summary"] = {key: value for key, value in data["summary"].items() if not key.startswith("random")}
-    return data
-
-
 # tiny-llava-next: its grid follows each image's size, so photos of different sizes make prompts of different
 # lengths, padded on the left in a batch (on tiny-llava every study prompt has the same length: nothing to pad)
 BATCHED_MODEL = "tiny-llava-next"
@@ -239,8 +230,6 @@ def test_study_in_batches_gives_the_numbers_of_one_prompt_at_a_time(name, tmp_pa
         results[size] = json.loads((tmp_path / f"batch{size}" / f"{name}.json").read_text())
         assert results[size].pop("batch_size") == size and results[size]["n"] == 3
         results[size].pop("seconds")
-        if name == "fig3b_sink_ablation":
-            _without_random_ablation(results[size])
     _close_relative(results[1], results[2])
 
 

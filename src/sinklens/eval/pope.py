@@ -141,9 +141,6 @@ def evaluate_pope(
         "generation": generation_settings(max_new_tokens),
         **dict(settings or {}),
     }
-    if any(type(member).__name__ == "RandomAblation" for member in interventions):
-        # its draw depends on the batch's shape (one generator over [batch, key]): same batch size, same draws
-        wanted["batch_size"] = batch_size
     if isinstance(out, RunFolder):
         return _evaluate(loaded, runner, out, wanted, items, interventions, max_new_tokens, batch_size, progress, on_example,
                          desc=f"POPE {Path(data).name if data else split}")  # fmt: skip

@@ -31,7 +31,7 @@ from sinklens.ops import (
     mask_keys,
     mean_head_ratio,
     mean_query_attention,
-    random_keys,
+    random_keys_each,
     visual_nonsink_ratio,
 )
 from sinklens.errors import ParameterError
@@ -110,10 +110,11 @@ class RandomAblation:
     sink set `keys` there (or `count`, if given), drawn uniformly from its image
     tokens that are not visual sinks (so the two ablations never overlap; with
     `count` and no FindSinks in the stack, from all of its image tokens).
-    The draw at layer l uses a generator seeded with (seed, l): the same seed
-    gives the same keys; layers get different ones. Drawn once on the prompt and
-    reused while decoding. Records `ctx.records["random_ablation"]` (layer ->
-    the drawn key mask, `[batch, pos]`).
+    The draw at layer l uses a generator seeded with (seed, l), one per prompt,
+    over the prompt's own positions: the same seed gives the same keys, a prompt
+    draws the same keys in any batch as alone, and layers get different ones.
+    Drawn once on the prompt and reused while decoding. Records
+    `ctx.records["random_ablation"]` (layer -> the drawn key mask, `[batch, pos]`).
     """
 
     seed: int = 0
@@ -146,8 +147,8 @@ def _random_keys_at(ctx: RunContext, layer: int, *, seed: int, keys: KeySet, cou
         # never a visual sink, whatever `keys` counts (text sinks too), wherever FindSinks found them
         sinks = ctx.sinks.get(layer)
         pool = image if sinks is None else image & ~sinks.to(image.device)
-        generator = torch.Generator().manual_seed(seed * 100_003 + layer)
-        drawn[layer] = random_keys(pool.cpu(), counts.cpu(), generator).to(image.device)
+        own = ctx.attention_mask.to(image.device)  # each prompt draws on its own positions: as alone, in any batch
+        drawn[layer] = random_keys_each(pool.cpu(), counts.cpu(), own.cpu(), seed * 100_003 + layer).to(image.device)
     return drawn[layer]
 
 

@@ -4,7 +4,7 @@ Shapes are `[batch, head, query, key]` for attention and `[batch, pos, d_model]`
 for the residual stream; key sets are boolean masks `[batch, key]`.
 """
 
-from sinklens.ops.analysis import contribution_sum, mean_query_attention, random_keys
+from sinklens.ops.analysis import contribution_sum, mean_query_attention, random_keys, random_keys_each
 from sinklens.ops.boost import boost_image_scores
 from sinklens.ops.contribution import attention_contribution, head_value_outputs
 from sinklens.ops.contrastive import contrastive_logits, diffusion_noise, diffusion_schedule
@@ -31,6 +31,7 @@ __all__ = [
     "mean_head_ratio",
     "mean_query_attention",
     "random_keys",
+    "random_keys_each",
     "redistribute",
     "sink_dimension_value",
     "sink_mask",

@@ -33,6 +33,24 @@ def random_keys(
     return (ranks < take[:, None]) & pool
 
 
+def random_keys_each(
+    pool: Bool[Tensor, "batch key"], counts: Int[Tensor, " batch"], own: Bool[Tensor, "batch key"], seed: int
+) -> Bool[Tensor, "batch key"]:
+    """`random_keys` for each prompt on its own positions (`own`: not padding), with a generator seeded `seed`.
+
+    Each prompt draws as it would alone, whatever else is in its batch and
+    however much padding it has: the draw sees only its own positions, in order,
+    and a fresh generator. The loop is over the prompts of a batch.
+    """
+    drawn = torch.zeros_like(pool)
+    for prompt in range(pool.shape[0]):
+        positions = own[prompt].nonzero().flatten()
+        generator = torch.Generator().manual_seed(seed)
+        chosen = random_keys(pool[prompt, positions][None], counts[prompt : prompt + 1], generator)[0]
+        drawn[prompt, positions] = chosen
+    return drawn
+
+
 def mean_query_attention(
     rows: Float[Tensor, "batch head query key"],
     queries: Bool[Tensor, "batch query"],
