@@ -10,7 +10,7 @@ template (`{object}` names a scene's first object, synthetic scenes only).
 Every study takes `--batch-size N` (default 1): N prompts per forward pass
 (`Study.batches`), or N POPE questions per generate call, padded on the left
 with each example's own image spans, so the numbers do not depend on N (up to
-float rounding; a random ablation's draw does, see `evaluate_pope`).
+float rounding; a random ablation draws each prompt's keys as alone).
 POPE-scored studies also take `--data FILE --images DIR` (a POPE file as its
 authors publish it) and `--runs DIR`: each setting's rows go to
 a folder of their own under DIR named by the setting's hash, so a study resumes,
@@ -92,7 +92,7 @@ def parse_args(name: str, description: str, *, n: int, smoke_n: int, argv: Seque
                         help=f"question template (default {SCENE_QUESTION!r} on scenes, {IMAGES_QUESTION!r} with "
                              "--images; {object} = a scene's first object)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=1,
-                        help="POPE questions per generate call (default 1; a random ablation's draws depend on it)"
+                        help="POPE questions per generate call (default 1; the answers do not depend on it)"
                              if scored else "prompts per forward pass (default 1; the numbers do not depend on it)")  # fmt: skip
     if scored:
         parser.add_argument("--data", type=Path, default=None,
