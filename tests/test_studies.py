@@ -151,18 +151,19 @@ def test_tau_visual_reads_the_registry(tmp_path):
     assert done.returncode != 0 and "tiny-llava has no registered visual-sink threshold" in done.stderr
 
 
-def _close(a, b, where: str = "") -> None:
-    """JSON values equal, floats within 1e-4 (studies round; two routes may round a last digit apart)."""
+def _close(a, b, where: str = "", *, rel: float = 0.0, near_zero: float = 1e-4) -> None:
+    """JSON values equal, floats within `rel` relative or `near_zero` absolute (default 1e-4: the studies
+    round; two routes may round a last digit apart)."""
     if isinstance(a, float) or isinstance(b, float):
-        assert abs(a - b) <= 1e-4, f"{where}: {a} != {b}"
+        assert math.isclose(a, b, rel_tol=rel, abs_tol=near_zero), f"{where}: {a} != {b}"
     elif isinstance(a, dict):
         assert sorted(a) == sorted(b), f"{where}: keys"
         for key in a:
-            _close(a[key], b[key], f"{where}.{key}")
+            _close(a[key], b[key], f"{where}.{key}", rel=rel, near_zero=near_zero)
     elif isinstance(a, list):
         assert len(a) == len(b), f"{where}: length"
         for index, (x, y) in enumerate(zip(a, b)):
-            _close(x, y, f"{where}[{index}]")
+            _close(x, y, f"{where}[{index}]", rel=rel, near_zero=near_zero)
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
@@ -178,22 +179,6 @@ def test_study_on_the_rows_route_gives_the_eager_numbers(name, tmp_path):
     assert (eager.pop("attention"), rows.pop("attention")) == ("eager", "rows")
     eager.pop("seconds"), rows.pop("seconds")
     _close(eager, rows)
-
-
-def _close_relative(a, b, where: str = "") -> None:
-    """JSON values equal, floats within 1e-4 relative (1e-6 absolute near zero: the studies round to 6 digits)."""
-    if isinstance(a, float) or isinstance(b, float):
-        assert math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6), f"{where}: {a} != {b}"
-    elif isinstance(a, dict):
-        assert sorted(a) == sorted(b), f"{where}: keys"
-        for key in a:
-            _close_relative(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), f"{where}: length"
-        for index, (x, y) in enumerate(zip(a, b)):
-            _close_relative(x, y, f"{where}[{index}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 # tiny-llava-next: its grid follows each image's size, so photos of different sizes make prompts of different
@@ -230,7 +215,7 @@ def test_study_in_batches_gives_the_numbers_of_one_prompt_at_a_time(name, tmp_pa
         results[size] = json.loads((tmp_path / f"batch{size}" / f"{name}.json").read_text())
         assert results[size].pop("batch_size") == size and results[size]["n"] == 3
         results[size].pop("seconds")
-    _close_relative(results[1], results[2])
+    _close(results[1], results[2], rel=1e-4, near_zero=1e-6)  # the studies round to 6 digits
 
 
 def test_study_refuses_a_bad_batch_size_before_the_model_loads(tmp_path):
