@@ -22,8 +22,10 @@ lane_var() {  # one threshold per lane: $1 is 20 or visual (16)
   # destinations), then the rho x p grid in both conventions; each pass reuses the rows of the one before
   $PY studies/table_var.py --tau $tau --settings method --no-grid $TABLE --out $out
   $PY studies/table_var.py --tau $tau --settings all --no-grid $TABLE --out $out
-  $PY studies/table_var.py --tau $tau --settings all --grid ${TABLE/--n $N/--n 100} --out ${out}_n100  # the grid, n = 100 first
   $PY studies/table_var.py --tau $tau --settings all --grid $TABLE --out $out
+  # POPE's other two splits: the baseline and VAR as the paper specifies it
+  $PY studies/table_var.py --tau $tau --settings method --no-grid ${TABLE/--splits random/--splits popular adversarial} \
+    --out ${out}_splits
 }
 
 lane_maps() {
@@ -31,7 +33,7 @@ lane_maps() {
     out=$R/tau$([ $tau = visual ] && echo 16 || echo 20)
     for s in sink_frequency_by_layer fig1_attention_maps fig2_sink_dimensions fig3a_phi_vs_attention \
              fig3c_contribution fig3d_maps_without_sinks fig4_head_ranking; do
-      $PY studies/$s.py --tau $tau --out $out
+      $PY studies/$s.py --tau $tau --batch-size 8 --out $out
     done
   done
   $PY studies/fig3b_sink_ablation.py --tau visual --seeds 3 $POPE --out $R/tau16

@@ -37,11 +37,12 @@ def pope_tables(folder: Path) -> None:
         print("table_var: missing")
     else:
         print(f"### table_var (tau {table['tau']:g}, split {', '.join(table['splits'])}, n = {table['n']} per setting)\n")
-        print("| setting | accuracy | F1 | yes-ratio | n | minus baseline, points [95% CI], McNemar p |")
-        print("|---|---|---|---|---|---|")
-        for row in table["rows"]:
+        print("| split | setting | accuracy | F1 | yes-ratio | n | minus baseline, points [95% CI], McNemar p |")
+        print("|---|---|---|---|---|---|---|")
+        for row in sorted(table["rows"], key=lambda row: table["splits"].index(row["split"])):  # stable: by split
             versus = comparison(row["vs_baseline"]) if "vs_baseline" in row else ""
-            print(f"| {row['setting']} | {pct(row['accuracy'])} | {pct(row['f1'])} | {pct(row['yes_ratio'])} | {row['n']} | {versus} |")
+            print(f"| {row['split']} | {row['setting']} | {pct(row['accuracy'])} | {pct(row['f1'])} | {pct(row['yes_ratio'])} "
+                  f"| {row['n']} | {versus} |")  # fmt: skip
         print()
     ablation = load(folder, "fig3b_sink_ablation")
     if ablation is None:
