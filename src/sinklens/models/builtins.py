@@ -59,6 +59,13 @@ def _planted(plant: Callable[..., None]) -> str:
     return f"planted by construction ({plant.__module__}.{plant.__qualname__}: BOS and white patches)"
 
 
+def _tiny(name: str, architecture: str, build: Callable[..., Any], scene: Callable[[], Image.Image],
+          plant: Callable[..., None], visual_sinks: tuple[Cell, ...]) -> BuiltIn:  # fmt: skip
+    """A random-weight built-in whose sinks `plant` makes in dimension TINY_SINK_DIM."""
+    return BuiltIn(name=name, architecture=architecture, build=build, scene=scene, sink_dims=(TINY_SINK_DIM,),
+                   sink_dims_source=_planted(plant), visual_sinks=visual_sinks)  # fmt: skip
+
+
 def _heldout_scene() -> Image.Image:
     from sinklens.data.scenes import scene
 
@@ -96,51 +103,16 @@ BUILTIN_MODELS: tuple[BuiltIn, ...] = (
         ),
     ),
     # random weights with planted sinks, one per architecture: tests of the mechanics
-    BuiltIn(
-        name="tiny-llava",
-        architecture="LlavaForConditionalGeneration",
-        build=build_tiny_llava,
-        scene=draw_scene,
-        sink_dims=(TINY_SINK_DIM,),
-        sink_dims_source=_planted(plant_sinks),
-        visual_sinks=(("image", 0, 0), ("image", 2, 2)),
-    ),
-    BuiltIn(
-        name="tiny-llava-next",
-        architecture="LlavaNextForConditionalGeneration",
-        build=build_tiny_llava_next,
-        scene=draw_wide_scene,
-        sink_dims=(TINY_SINK_DIM,),
-        sink_dims_source=_planted(plant_sinks),
-        visual_sinks=(("base", 0, 1), ("base", 3, 4), ("tiles", 0, 2), ("tiles", 0, 3), ("tiles", 3, 8), ("tiles", 3, 9)),
-    ),
-    BuiltIn(
-        name="tiny-qwen2-vl",
-        architecture="Qwen2VLForConditionalGeneration",
-        build=build_tiny_qwen2_vl,
-        scene=draw_qwen_scene,
-        sink_dims=(TINY_SINK_DIM,),
-        sink_dims_source=_planted(plant_qwen_sinks),
-        visual_sinks=_QWEN_SINKS,
-    ),
-    BuiltIn(
-        name="tiny-qwen2.5-vl",
-        architecture="Qwen2_5_VLForConditionalGeneration",
-        build=build_tiny_qwen2_5_vl,
-        scene=draw_qwen_scene,
-        sink_dims=(TINY_SINK_DIM,),
-        sink_dims_source=_planted(plant_qwen_sinks),
-        visual_sinks=_QWEN_SINKS,
-    ),
-    BuiltIn(
-        name="tiny-internvl",
-        architecture="InternVLForConditionalGeneration",
-        build=build_tiny_internvl,
-        scene=draw_internvl_scene,
-        sink_dims=(TINY_SINK_DIM,),
-        sink_dims_source=_planted(plant_internvl_sinks),
-        visual_sinks=(("tile 0", 0, 0), ("tile 1", 2, 1)),
-    ),
+    _tiny("tiny-llava", "LlavaForConditionalGeneration", build_tiny_llava, draw_scene, plant_sinks,
+          (("image", 0, 0), ("image", 2, 2))),
+    _tiny("tiny-llava-next", "LlavaNextForConditionalGeneration", build_tiny_llava_next, draw_wide_scene, plant_sinks,
+          (("base", 0, 1), ("base", 3, 4), ("tiles", 0, 2), ("tiles", 0, 3), ("tiles", 3, 8), ("tiles", 3, 9))),
+    _tiny("tiny-qwen2-vl", "Qwen2VLForConditionalGeneration", build_tiny_qwen2_vl, draw_qwen_scene, plant_qwen_sinks,
+          _QWEN_SINKS),
+    _tiny("tiny-qwen2.5-vl", "Qwen2_5_VLForConditionalGeneration", build_tiny_qwen2_5_vl, draw_qwen_scene, plant_qwen_sinks,
+          _QWEN_SINKS),
+    _tiny("tiny-internvl", "InternVLForConditionalGeneration", build_tiny_internvl, draw_internvl_scene, plant_internvl_sinks,
+          (("tile 0", 0, 0), ("tile 1", 2, 1))),
 )
 BUILTIN_NAMES: tuple[str, ...] = tuple(record.name for record in BUILTIN_MODELS)
 DEFAULT_MODEL = "toy-llava"
