@@ -34,10 +34,10 @@ import torch
 from torch import Tensor
 
 from sinklens.backends.nnsight_backend import attach, make_context, wrap
-from sinklens.interventions.base import RunContext
 from sinklens.interventions.sinks import FindSinks
 from sinklens.interventions.var import VAR
 from sinklens.models.loading import LoadedModel, from_hf
+from sinklens.run import RunContext
 
 SEED = 0
 SINK_VALUE = 200.0

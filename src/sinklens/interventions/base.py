@@ -1,16 +1,3 @@
 """Former home of the run machinery, now `sinklens.run` (kept so that existing imports keep working)."""
 
-from sinklens.run.core import (  # noqa: F401
-    Hook,
-    HookFn,
-    Intervention,
-    Member,
-    Members,
-    ModuleWeights,
-    RunContext,
-    apply_point,
-    hooks_of,
-    module_weights,
-    ordered_hooks,
-    resolve_layers,
-)
+from sinklens.run import *  # noqa: F401,F403  (every public name of sinklens.run, as before and more)
