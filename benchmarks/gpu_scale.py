@@ -57,7 +57,6 @@ and at reduced size on a CPU (what tests/test_gpu_scale.py runs):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import asdict
@@ -71,6 +70,7 @@ from routes import (
     FULL, SMOKE, Size, build_inputs, build_model, decode_arms, measure, prefill_arms, prefill_cache, routes, sinks_found,
     summary, var_stack,
 )
+from timing import emit
 
 HALF_FACTOR = 2.0  # rows-vs-eager VAR difference allowed, as a multiple of plain sdpa-vs-eager
 FLOAT32_TOLERANCE = 1e-4
@@ -180,11 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.repeats < 1 or args.decode_repeats < 1:
         parser.error("--repeats and --decode-repeats must be at least 1")
     report = run(dtypes=dtypes, device=args.device, smoke=args.smoke, repeats=args.repeats, decode_repeats=args.decode_repeats)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

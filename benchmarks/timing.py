@@ -179,3 +179,14 @@ def _cuda_reset() -> Any:
         return None
     torch.cuda.reset_peak_memory_stats()
     return torch.cuda
+
+
+def emit(report: dict[str, Any], out: Any = None) -> None:
+    """Print a benchmark's JSON report, and write it to `out` (a Path) when given."""
+    import json
+
+    text = json.dumps(report, indent=2)
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")

@@ -80,7 +80,6 @@ Run:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -95,7 +94,7 @@ import torch
 from torch import Tensor
 
 import sinklens as sl
-from timing import Arm, Clocked, Timings, compare, measure
+from timing import Arm, Clocked, Timings, compare, emit, measure
 
 SEED = 0
 TARGETS = {"nnsight": 1.10, "transformer_lens": 1.15}
@@ -527,11 +526,7 @@ def main(argv: list[str] | None = None) -> None:
     if not shapes or set(shapes) - set(ROUTE_SHAPES):
         parser.error(f"--route-shapes: choose from {', '.join(ROUTE_SHAPES)}")
     result = run(args.repeats, args.decode_rounds, args.decode_steps, sections, args.route_repeats, args.route_layers, shapes)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
