@@ -69,6 +69,23 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
 
 
+def assert_records_close(a, b, where: str, atol: float) -> None:
+    """Two runs' records: plain data of the same structure and types, tensors within `atol`."""
+    assert type(a) is type(b), f"{where}: {type(a).__name__} vs {type(b).__name__}"
+    if isinstance(a, torch.Tensor):
+        torch.testing.assert_close(a, b, rtol=0, atol=atol, msg=lambda m: f"{where}: {m}")
+    elif isinstance(a, dict):
+        assert sorted(a, key=str) == sorted(b, key=str), f"{where}: keys"
+        for key in a:
+            assert_records_close(a[key], b[key], f"{where}[{key!r}]", atol)
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), f"{where}: length"
+        for index, (x, y) in enumerate(zip(a, b)):
+            assert_records_close(x, y, f"{where}[{index}]", atol)
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
 # ---- both backends ----------------------------------------------------------------------------
 
 # Models the backend-equivalence tests run on (tests/test_transformer_lens_backend.py).
@@ -112,6 +129,14 @@ def assert_logits_close(a: torch.Tensor, b: torch.Tensor, tolerance: float, what
     diff = max_diff(a[finite], b[finite]) if finite.any() else 0.0
     assert diff <= tolerance, f"{what}: max abs diff {diff} > {tolerance}"
     return diff
+
+
+def assert_steps_close(actual: torch.Tensor, expected: torch.Tensor, tolerance: float, what: str = "") -> float:
+    """`[batch, step, vocab]` step logits, each decoding step checked on its own; returns the largest diff."""
+    assert actual.shape == expected.shape, f"step logits{what}: {tuple(actual.shape)} vs {tuple(expected.shape)}"
+    diffs = [assert_logits_close(actual[:, step], expected[:, step], tolerance, f"decoding step {step}{what}")
+             for step in range(actual.shape[1])]  # fmt: skip
+    return max(diffs, default=0.0)
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ from sinklens.models.loading import BUILTINS, demo_scene
 from sinklens.models.spans import ImageSpans
 from sinklens.models.tiny import TINY_SINK_DIM
 
-from conftest import ARCHS, QUESTION, demo_inputs, loaded, max_diff, runner_for
+from conftest import ARCHS, QUESTION, assert_steps_close, demo_inputs, loaded, max_diff, runner_for
 from oracle_var import OracleVAR, install
 
 EPS = oracles.RELEASED_EPS_PER_IMAGE_TOKEN
@@ -257,11 +257,7 @@ def assert_near_rho_matches_oracle(name: str, inputs, *, dims, tau, convention: 
     generation = runner.generate(inputs, stack, max_new_tokens=STEPS)
     prefill = max_diff(forward.logits, oracle_prefill)
     assert prefill <= tolerance, f"prefill: max abs diff {prefill} (rho {rho}, closest share {closest:.2e})"
-    decoding = 0.0
-    for step in range(STEPS):
-        diff = max_diff(generation.step_logits[:, step], oracle_steps[:, step])
-        assert diff <= tolerance, f"decoding step {step}: max abs diff {diff} (rho {rho})"
-        decoding = max(decoding, diff)
+    decoding = assert_steps_close(generation.step_logits, oracle_steps, tolerance, f" (rho {rho})")
     n_edited = sum(record["n_image_centric"] for record in forward.ctx.records["var"])
     assert n_edited > 0
     return {"rho": rho, "rows_near": len(near), "closest": closest, "prefill": prefill, "decoding": decoding}

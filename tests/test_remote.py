@@ -23,7 +23,7 @@ from sinklens.testing import Payload, Simulation, referenced_modules
 from sinklens.errors import RemoteError
 from sinklens.interventions.scan import SinkDimensionScan
 
-from conftest import assert_logits_close, demo_inputs, runner_for
+from conftest import assert_logits_close, assert_records_close, demo_inputs, runner_for
 
 TOLERANCE = 1e-5
 STEPS = 3
@@ -75,24 +75,7 @@ def _same_state(local, remote) -> None:
             torch.testing.assert_close(values, remote.records["scan"][layer], rtol=0, atol=0)
     assert local.records.get("var") == remote.records.get("var")
     for key in local.records:
-        _same_records(local.records[key], remote.records[key], key)
-
-
-def _same_records(local, remote, where: str) -> None:
-    """Plain data of the same structure; tensors within TOLERANCE (contribution norms, head scores, maps)."""
-    assert type(local) is type(remote), f"records[{where}]: {type(local).__name__} vs {type(remote).__name__}"
-    if isinstance(local, torch.Tensor):
-        torch.testing.assert_close(local, remote, rtol=0, atol=TOLERANCE, msg=lambda m: f"records[{where}]: {m}")
-    elif isinstance(local, dict):
-        assert sorted(local) == sorted(remote), f"records[{where}] keys"
-        for key in local:
-            _same_records(local[key], remote[key], f"{where}][{key!r}")
-    elif isinstance(local, (list, tuple)):
-        assert len(local) == len(remote), f"records[{where}] length"
-        for index, (a, b) in enumerate(zip(local, remote)):
-            _same_records(a, b, f"{where}][{index}")
-    else:
-        assert local == remote, f"records[{where}]"
+        assert_records_close(local.records[key], remote.records[key], f"records[{key!r}]", TOLERANCE)
 
 
 @pytest.mark.parametrize("name", REMOTE_MODELS)

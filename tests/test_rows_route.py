@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import sinklens as sl
-from conftest import ARCHS, QUESTION, assert_logits_close, max_diff
+from conftest import ARCHS, QUESTION, assert_logits_close, assert_records_close, max_diff
 from sinklens.backends.nnsight_backend import NnsightRunner
 from sinklens.models import load
 from sinklens.models.loading import demo_scene
@@ -60,22 +60,7 @@ def same_findings(eager, rows, what: str) -> None:
     for layer in eager.sinks:
         assert torch.equal(eager.sinks[layer], rows.sinks[layer]), f"{what}: sinks of layer {layer}"
         torch.testing.assert_close(eager.phi[layer][real], rows.phi[layer][real], rtol=0, atol=TOLERANCE)
-    _same(eager.records, rows.records, what)
-
-
-def _same(a, b, where: str) -> None:
-    if isinstance(a, torch.Tensor):
-        torch.testing.assert_close(a, b, rtol=0, atol=TOLERANCE, msg=lambda m: f"{where}: {m}")
-    elif isinstance(a, dict):
-        assert sorted(a, key=str) == sorted(b, key=str), f"{where}: keys"
-        for key in a:
-            _same(a[key], b[key], f"{where}[{key!r}]")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), f"{where}: length"
-        for index, (x, y) in enumerate(zip(a, b)):
-            _same(x, y, f"{where}[{index}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
+    assert_records_close(eager.records, rows.records, what, TOLERANCE)
 
 
 @pytest.mark.parametrize("name", list(ARCHS))

@@ -20,7 +20,7 @@ from sinklens.run import make_context
 from sinklens.errors import HookContractError, HookNameError, ParameterError, PassError, StackError
 from sinklens.models.tiny import TINY_SINK_DIM, build_tiny_llava
 
-from conftest import QUESTION, max_diff
+from conftest import QUESTION, assert_steps_close, max_diff
 from oracle_stack import OracleStack, install, scale_layer_output
 from oracle_var import OracleVAR
 
@@ -113,9 +113,7 @@ def test_stack_equals_the_sequential_oracle(any_runner, inputs, make_stack, orde
     forward = any_runner.forward(inputs, make_stack())
     assert max_diff(forward.logits, expected_prefill) <= TOLERANCE
     generation = any_runner.generate(inputs, make_stack(), max_new_tokens=STEPS)
-    for step in range(STEPS):
-        diff = max_diff(generation.step_logits[:, step], expected_steps[:, step])
-        assert diff <= TOLERANCE, f"decoding step {step}: max abs diff {diff}"
+    assert_steps_close(generation.step_logits, expected_steps, TOLERANCE)
 
 
 def test_order_at_one_point_changes_the_result_and_order_across_points_does_not(any_runner, inputs):

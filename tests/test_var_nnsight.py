@@ -10,7 +10,7 @@ from sinklens.backends.nnsight_backend import attach, make_context
 from sinklens.models.loading import BUILTINS
 from sinklens.models.tiny import TINY_SINK_DIM
 
-from conftest import ARCHS, demo_inputs, loaded, max_diff, runner_for
+from conftest import ARCHS, assert_steps_close, demo_inputs, loaded, max_diff, runner_for
 from oracle_var import OracleVAR, install
 
 STEPS = 8
@@ -51,11 +51,7 @@ def assert_matches_oracle(name, inputs, stack, convention, params):
         assert forward.ctx.sinks[2][b].nonzero().flatten().tolist() == oracle.sinks[2][b]
     prefill = max_diff(forward.logits, oracle_prefill)
     assert prefill <= TOLERANCE, f"prefill: max abs diff {prefill}"
-    decoding = 0.0
-    for step in range(STEPS):
-        diff = max_diff(generation.step_logits[:, step], oracle_steps[:, step])
-        assert diff <= TOLERANCE, f"decoding step {step}: max abs diff {diff}"
-        decoding = max(decoding, diff)
+    decoding = assert_steps_close(generation.step_logits, oracle_steps, TOLERANCE)
     return prefill, decoding
 
 
