@@ -36,7 +36,7 @@ from torch import Tensor
 from sinklens.backends.nnsight_backend import attach, make_context, wrap
 from sinklens.interventions.sinks import FindSinks
 from sinklens.interventions.var import VAR
-from sinklens.models.loading import LoadedModel, from_hf
+from sinklens.models.loaded import LoadedModel, from_hf
 from sinklens.run import RunContext
 
 SEED = 0

@@ -143,7 +143,7 @@ def build_model(shape: Shape = SHAPE) -> sl.LoadedModel:
         LlavaProcessor,
     )
 
-    from sinklens.models.tiny_shared import tiny_tokenizer
+    from sinklens.builtin.tiny_shared import tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
     text = LlamaConfig(

@@ -5,7 +5,7 @@
 The vision tower and the language model's own weights stay frozen. What trains is
 the projector and, unless `--lora-rank 0`, a low-rank adapter on the q/k/v/o
 projections of every language-model layer (merged into the weights when the model
-loads; see `sinklens.models.lora`).
+loads; see `sinklens.builtin.lora`).
 
 Each example is one scene and a conversation of `--turns` questions: a
 `--presence-share` of them "Is there a <shape>?" (balanced yes/no, negatives drawn
@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from sinklens.data.questions import QA, presence, training_turns
 from sinklens.data.scenes import SHAPES, scene
-from sinklens.models import lora, toy_llava
+from sinklens.builtin import lora, toy_llava
 
 VALIDATION_SCENES = range(1000, 1048)  # held out, and past the scenes POPE asks about
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from sinklens.models import load
-from sinklens.models.builtins import BUILTIN_MODELS
-from sinklens.models.loading import demo_scene
-from sinklens.models.tiny import draw_scene
+from sinklens.builtin.records import BUILTIN_MODELS
+from sinklens.builtin import demo_scene
+from sinklens.builtin.tiny_llava import draw_scene
 
 QUESTION = "What is in the image?"
 
@@ -21,7 +21,7 @@ def pytest_configure(config):
 
 
 # Every tiny checkpoint the tests use: the planted built-ins, each with the visual sinks its demo
-# scene makes (`BuiltIn.visual_sinks`), from their records in sinklens/models/builtins.py.
+# scene makes (`BuiltIn.visual_sinks`), from their records in sinklens/builtin/records.py.
 ARCHS = {record.name: record for record in BUILTIN_MODELS if record.planted}
 NEW_ARCHS = [name for name in ARCHS if name != "tiny-llava"]
 

@@ -41,7 +41,7 @@ def client(name: str) -> dict:
     from sinklens.backends.nnsight_backend import NnsightRunner
     from sinklens.testing import Simulation
     from sinklens.interventions.scan import SinkDimensionScan
-    from sinklens.models.loading import demo_scene
+    from sinklens.builtin import demo_scene
 
     lm = sl.load(name)
     inputs = lm.prepare(demo_scene(name), "What is in the image?")

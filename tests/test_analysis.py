@@ -66,7 +66,7 @@ def tiny_llava_with_attention_bias():
     from transformers import LlavaForConditionalGeneration
 
     from sinklens.models import from_hf
-    from sinklens.models.tiny import tiny_llava_config, tiny_processor
+    from sinklens.builtin.tiny_llava import tiny_llava_config, tiny_processor
 
     config = tiny_llava_config()
     config.text_config.attention_bias = True

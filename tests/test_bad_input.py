@@ -28,7 +28,7 @@ import pytest
 
 from sinklens.backends.nnsight_backend import NnsightRunner
 from sinklens.cli import main
-from sinklens.models.tiny import draw_scene
+from sinklens.builtin.tiny_llava import draw_scene
 
 # (id, command line, part of the message, refused before) -- placeholders:
 # {scene} an image, {file} an existing file, {dir} an existing folder, {bad} a corrupt PNG,

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from sinklens import VAR, FindSinks, RandomAblation
-from sinklens.models.loading import demo_scene
-from sinklens.models.tiny_shared import draw_blocks
+from sinklens.builtin import demo_scene
+from sinklens.builtin.tiny_shared import draw_blocks
 
 from conftest import ARCHS, loaded, max_diff, runner_for
 from test_var_nnsight import STEPS, TOLERANCE, assert_matches_oracle

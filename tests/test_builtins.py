@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from sinklens.errors import ParameterError
-from sinklens.models import BUILTINS, KNOWN, catalogue_for
-from sinklens.models.builtins import BUILTIN_MODELS, BUILTIN_NAMES, DEFAULT_MODEL, builtin
-from sinklens.models.loading import demo_scene
+from sinklens.builtin import BUILTINS
+from sinklens.models import KNOWN, catalogue_for
+from sinklens.builtin.records import BUILTIN_MODELS, BUILTIN_NAMES, DEFAULT_MODEL, builtin
+from sinklens.builtin import demo_scene
 from sinklens.models.spans import ImageSpans
 
 from conftest import QUESTION, loaded

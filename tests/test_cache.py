@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sinklens.models import parts
+from sinklens.builtin import parts
 
 FILES = ("a.txt", "sub/b.txt")
 

@@ -102,7 +102,7 @@ def test_an_unsupported_architecture_exits_2_naming_the_supported_ones(tmp_path,
 
 
 def test_a_checkpoint_without_known_sink_dims_exits_2_saying_how_to_find_them(tmp_path, capsys, scene_path):
-    from sinklens.models.tiny_next import build_tiny_llava_next
+    from sinklens.builtin.tiny_next import build_tiny_llava_next
 
     model, processor = build_tiny_llava_next()
     model.save_pretrained(tmp_path / "next")

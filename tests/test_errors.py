@@ -19,7 +19,7 @@ from sinklens.errors import (
     UnknownArchitectureError,
 )
 from sinklens.hook_points import parse
-from sinklens.models.tiny import build_tiny_llava
+from sinklens.builtin.tiny_llava import build_tiny_llava
 
 
 def test_prompt_without_image_tokens(tiny):

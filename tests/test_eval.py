@@ -16,6 +16,7 @@ import torch
 from sinklens.cli import main
 from sinklens.eval import pope as pope_eval
 from sinklens.eval.discovery import discover, scan_prompts
+from sinklens.eval.folder import ResumeMismatchError
 
 
 def _rows(out: Path) -> list[dict]:
@@ -92,7 +93,7 @@ def test_a_run_with_other_settings_is_refused(tiny, runner, clean_run, capsys):
     out = clean_run[0]
     from sinklens.interventions import VAR, FindSinks
 
-    with pytest.raises(pope_eval.ResumeMismatchError, match="differing: stack"):
+    with pytest.raises(ResumeMismatchError, match="differing: stack"):
         pope_eval.evaluate_pope(tiny, runner, split="adversarial", n=6, out=out, progress=False,
                                 interventions=[FindSinks(), VAR()])  # fmt: skip
     assert main(["eval", "pope", "--model", "tiny-llava", "--split", "random", "--n", "2", "--out", str(out)]) == 2

@@ -31,7 +31,7 @@ from sinklens.data.vqa import normalize_answer, read_letter, read_yes_no, score
 from sinklens.eval import pope as pope_eval
 from sinklens.eval.folder import FolderBusyError, ResumeMismatchError, RunFolder
 from sinklens.eval.stats import bootstrap_ci, mcnemar_exact, paired
-from sinklens.models.loading import demo_scene
+from sinklens.builtin import demo_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 

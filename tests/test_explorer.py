@@ -20,7 +20,7 @@ from explorer_oracle import expected_queries, oracle_run
 from sinklens.errors import ParameterError
 from sinklens.explorer import read_data
 from sinklens.explorer.pack import decode_view
-from sinklens.models.loading import demo_scene
+from sinklens.builtin import demo_scene
 
 MODELS = [*ARCHS, "toy-llava"]
 STEPS = 3

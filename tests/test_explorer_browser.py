@@ -19,7 +19,7 @@ from conftest import QUESTION, loaded
 from explorer_oracle import oracle_run
 from sinklens.explorer import read_data
 from sinklens.explorer.pack import decode_view
-from sinklens.models.loading import demo_scene
+from sinklens.builtin import demo_scene
 
 STEPS = 3
 CHROMIUM = os.environ.get("SINKLENS_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")

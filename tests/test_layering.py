@@ -88,9 +88,13 @@ def test_every_module_imports(name):
     importlib.import_module(name)
 
 
+_ABOVE_MODELS = ("sinklens.run", "sinklens.interventions", "sinklens.backends", "sinklens.eval", "sinklens.cli",
+                 "sinklens.explorer", "sinklens.integrations", "sinklens.testing")
 LOWER_THAN = {  # a layer never imports one above it
-    "sinklens.ops": ("sinklens.run", "sinklens.interventions", "sinklens.backends", "sinklens.eval", "sinklens.cli"),
-    "sinklens.models": ("sinklens.run", "sinklens.interventions", "sinklens.backends", "sinklens.eval", "sinklens.cli"),
+    "sinklens.ops": ("sinklens.models", "sinklens.builtin", *_ABOVE_MODELS),
+    "sinklens.hf": ("sinklens.models", "sinklens.builtin", *_ABOVE_MODELS),
+    "sinklens.builtin": ("sinklens.models", *_ABOVE_MODELS),
+    "sinklens.models": _ABOVE_MODELS,
     "sinklens.run": ("sinklens.interventions", "sinklens.backends", "sinklens.eval", "sinklens.cli", "sinklens.testing"),
     "sinklens.interventions": ("sinklens.backends", "sinklens.eval", "sinklens.cli", "sinklens.testing"),
     "sinklens.backends": ("sinklens.eval", "sinklens.cli"),

@@ -14,7 +14,7 @@ import sinklens as sl
 from sinklens.errors import ParameterError
 from sinklens.integrations.lmms_eval import runs
 from sinklens.integrations.lmms_eval.settings import KNOWN, parse_model_args
-from sinklens.models.loading import demo_scene
+from sinklens.builtin import demo_scene
 
 from conftest import loaded, runner_for
 

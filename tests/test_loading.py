@@ -11,8 +11,8 @@ import torch
 from sinklens import VAR, FindSinks, load
 from sinklens.backends.nnsight_backend import NnsightRunner
 from sinklens.errors import MissingDependencyError, ParameterError, SinkDimensionError
-from sinklens.models.loading import BUILTINS, demo_scene
-from sinklens.models.tiny import TINY_SINK_DIM, build_tiny_llava
+from sinklens.builtin import BUILTINS, demo_scene
+from sinklens.builtin.tiny_llava import TINY_SINK_DIM, build_tiny_llava
 
 from conftest import NEW_ARCHS, demo_inputs, loaded
 

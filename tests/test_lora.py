@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sinklens.models import lora
+from sinklens.builtin import lora
 
 
 def tiny_llama(seed: int = 0):

@@ -20,9 +20,9 @@ from torch.testing import assert_close
 
 from sinklens import VAR, FindSinks, ops
 from sinklens.run import Findings, RunContext, RunSpec
-from sinklens.models.loading import BUILTINS, demo_scene
+from sinklens.builtin import BUILTINS, demo_scene
 from sinklens.models.spans import ImageSpans
-from sinklens.models.tiny import TINY_SINK_DIM
+from sinklens.builtin.tiny_llava import TINY_SINK_DIM
 
 from conftest import ARCHS, QUESTION, assert_steps_close, demo_inputs, loaded, max_diff, runner_for
 from oracle_var import OracleVAR, install

@@ -167,7 +167,7 @@ def test_a_server_without_sinklens_or_jaxtyping_runs_the_request(name):
 def _saved_copy(name: str, tmp_path_factory) -> Path:
     """A folder holding the built-in's config, processor and weights, as a hub checkpoint would."""
     if name == "toy-llava":  # its cached assembly is such a folder already
-        from sinklens.models import parts
+        from sinklens.builtin import parts
 
         runner_for(name)  # loads toy-llava, which assembles the folder the first time
         (folder,) = [path for path in parts.cache_root().glob("toy-llava-*") if (path / "config.json").is_file()]
@@ -211,7 +211,7 @@ def test_a_weightless_client_gets_the_local_logits_from_a_server(name, tmp_path_
 
 
 def _scene_and_question(name: str):
-    from sinklens.models.loading import demo_scene
+    from sinklens.builtin import demo_scene
 
     return demo_scene(name), "What is in the image?"
 

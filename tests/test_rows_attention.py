@@ -22,8 +22,8 @@ from transformers.models.llama.modeling_llama import LlamaAttention, eager_atten
 
 from conftest import ARCHS, QUESTION, max_diff
 from sinklens.models import load
-from sinklens.models.attention import FIRST_ROW, ROWS, ROWS_OPS, register, rows_attention_forward, use_rows
-from sinklens.models.loading import demo_scene
+from sinklens.hf.rows_attention import FIRST_ROW, ROWS, ROWS_OPS, register, rows_attention_forward, use_rows
+from sinklens.builtin import demo_scene
 
 PROPERTY = settings(max_examples=60, deadline=None, database=None)
 
@@ -194,7 +194,7 @@ def test_named_operations_are_live_and_hold_eagers_rows(both_routes):
 
 
 def test_load_takes_the_rows_route_and_from_hf_recognises_it():
-    from sinklens.models.loading import from_hf
+    from sinklens.models.loaded import from_hf
 
     lm = load("tiny-qwen2-vl", attention="rows")
     assert lm.attention == "rows"

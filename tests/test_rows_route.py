@@ -20,7 +20,7 @@ import sinklens as sl
 from conftest import ARCHS, QUESTION, assert_logits_close, assert_records_close, max_diff
 from sinklens.backends.nnsight_backend import NnsightRunner
 from sinklens.models import load
-from sinklens.models.loading import demo_scene
+from sinklens.builtin import demo_scene
 
 # every stack on every tiny architecture, both routes, prefill and 8 steps: `make test` runs it, `make test-fast`
 # keeps the op-level checks of the rows attention function (tests/test_rows_attention.py) and the eager core

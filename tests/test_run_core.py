@@ -101,7 +101,7 @@ def test_two_vcd_are_refused_before_the_batch_is_doubled(runner, inputs):
 
 
 def test_image_spans_are_computed_once_per_run(runner, inputs, monkeypatch):
-    import sinklens.models.loading as loading
+    import sinklens.models.loaded as loading
 
     calls = []
     real = loading.image_spans
@@ -217,7 +217,7 @@ def test_var_rows_while_decoding_are_the_new_token(runner, inputs):
 # ---- one generate call, module by module (docs/architecture.md) ----------------------------------
 
 GENERATE_PATH = {
-    "sinklens.backends.nnsight_backend", "sinklens.run.core", "sinklens.models.loading", "sinklens.models.spans",
+    "sinklens.backends.nnsight_backend", "sinklens.run.core", "sinklens.models.loaded", "sinklens.models.spans",
     "sinklens.hook_points", "sinklens.models.catalogue", "sinklens.interventions.sinks", "sinklens.interventions.var",
 }
 

@@ -8,7 +8,7 @@ import torch
 from sinklens import FindSinks
 from sinklens.errors import ImageSpanError, ParameterError
 from sinklens.models.spans import ImageSpans
-from sinklens.models.tiny_shared import draw_blocks
+from sinklens.builtin.tiny_shared import draw_blocks
 
 from conftest import demo_inputs, loaded, runner_for
 

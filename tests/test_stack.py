@@ -18,7 +18,7 @@ import torch
 from sinklens import PAI, VAR, VCD, Edit, FindSinks, Hook, LogitsHook, OnPass, Stack, expand_inputs
 from sinklens.run import make_context
 from sinklens.errors import HookContractError, HookNameError, ParameterError, PassError, StackError
-from sinklens.models.tiny import TINY_SINK_DIM, build_tiny_llava
+from sinklens.builtin.tiny_llava import TINY_SINK_DIM, build_tiny_llava
 
 from conftest import QUESTION, assert_steps_close, max_diff
 from oracle_stack import OracleStack, install, scale_layer_output
@@ -66,7 +66,7 @@ def stack_var_first_listed_backwards():
 def oracle(order: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(prefill logits, step logits, image-centric rows) of the hand-written stack, edits in `order`."""
     from sinklens.models import load
-    from sinklens.models.tiny import draw_scene
+    from sinklens.builtin.tiny_llava import draw_scene
 
     inputs = load("tiny-llava").prepare(draw_scene(), QUESTION)
     model, _ = build_tiny_llava()

@@ -12,7 +12,7 @@ from sinklens import FindSinks
 from sinklens.data.questions import presence
 from sinklens.data.scenes import scene
 from sinklens.eval.discovery import discover
-from sinklens.models import parts, toy_llava
+from sinklens.builtin import parts, toy_llava
 
 pytestmark = pytest.mark.slow  # toy-llava, subprocesses: make test-fast skips the module
 
@@ -121,7 +121,7 @@ def test_the_language_model_is_the_pretrained_one():
 
 def test_the_shipped_adapter_is_merged_into_the_attention_weights(toy):
     """Every q/k/v/o projection of the loaded model is SmolLM2's plus scale * B @ A from the shipped file."""
-    from sinklens.models.lora import load_adapter
+    from sinklens.builtin.lora import load_adapter
 
     adapter, scale = load_adapter(toy_llava.adapter_path())
     smollm2, _, _ = parts.smollm2()

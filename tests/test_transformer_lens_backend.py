@@ -192,7 +192,7 @@ def test_a_catalogue_without_a_transformer_lens_table_says_so(tiny, inputs):
 
 def test_build_bridge_in_place_rewires_the_model(tiny):
     from sinklens.models import from_hf
-    from sinklens.models.tiny import build_tiny_llava
+    from sinklens.builtin.tiny_llava import build_tiny_llava
 
     model, processor = build_tiny_llava()
     loaded = from_hf(model, processor, name="tiny-llava")

@@ -7,8 +7,8 @@ import torch
 
 from sinklens import VAR, FindSinks
 from sinklens.backends.nnsight_backend import attach, make_context
-from sinklens.models.loading import BUILTINS
-from sinklens.models.tiny import TINY_SINK_DIM
+from sinklens.builtin import BUILTINS
+from sinklens.builtin.tiny_llava import TINY_SINK_DIM
 
 from conftest import ARCHS, assert_steps_close, demo_inputs, loaded, max_diff, runner_for
 from oracle_var import OracleVAR, install

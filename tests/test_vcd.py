@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from sinklens import VAR, VCD, FindSinks, OnPass, expand_inputs
-from sinklens.models.tiny import TINY_SINK_DIM, build_tiny_llava
+from sinklens.builtin.tiny_llava import TINY_SINK_DIM, build_tiny_llava
 
 import oracle_var
 import oracles_peers
@@ -28,7 +28,7 @@ ALPHA, BETA, NOISE_STEP, SEED = 1.0, 0.5, 500, 0
 
 def prompt():
     from sinklens.models import load
-    from sinklens.models.tiny import draw_scene
+    from sinklens.builtin.tiny_llava import draw_scene
 
     return load("tiny-llava").prepare(draw_scene(), QUESTION)
 
@@ -133,7 +133,7 @@ def test_each_pass_finds_its_own_sinks(runner, inputs):
 def test_a_prompts_noised_image_does_not_depend_on_its_batch_mates(name):
     """VCD draws each image's noise afresh: a prompt's VCD logits are those it gets alone."""
     from conftest import loaded, runner_for
-    from sinklens.models.loading import demo_scene
+    from sinklens.builtin import demo_scene
 
     lm = loaded(name)
     scene = demo_scene(name)

@@ -27,14 +27,12 @@ from sinklens.interventions import (
     VCD,
     Edit,
     FindSinks,
-    Hook,
     LogitsHook,
     OnPass,
-    RunContext,
     Stack,
-    expand_inputs,
 )
 from sinklens.models import LoadedModel, from_hf, load
+from sinklens.run import Hook, RunContext, expand_inputs
 
 __all__ = [
     "AttentionContribution",

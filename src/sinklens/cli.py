@@ -81,7 +81,7 @@ def _check_out_image(path: Path, flag: str = "--out") -> None:
 
 def _check_model(args: argparse.Namespace) -> None:
     """A model name that is not a built-in, a folder or a hub id fails here, naming the closest built-in."""
-    from sinklens.models.loading import check_model_name
+    from sinklens.models.load import check_model_name
 
     check_model_name(args.model)
 
@@ -126,7 +126,7 @@ def _check_context(lm: Any, n_prompt: int, max_new_tokens: int) -> None:
 
 
 def _add_model(command: argparse.ArgumentParser) -> None:
-    from sinklens.models.loading import DEFAULT_MODEL
+    from sinklens.builtin import DEFAULT_MODEL
 
     command.add_argument(
         "--model", default=DEFAULT_MODEL, help=f"built-in name, hub id or local path (default: {DEFAULT_MODEL})"
@@ -138,7 +138,7 @@ def _add_model(command: argparse.ArgumentParser) -> None:
     )
 
 
-ATTENTION_CHOICES = ("eager", "rows")  # sinklens.models.loading.ATTENTION_ROUTES (not imported: --help stays fast)
+ATTENTION_CHOICES = ("eager", "rows")  # sinklens.models.loaded.ATTENTION_ROUTES (not imported: --help stays fast)
 
 
 def _check_remote_attention(remote: str, attention: str) -> None:
@@ -638,13 +638,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def draw_scene(args: argparse.Namespace) -> None:
-    from sinklens.models.loading import BUILTINS
+    from sinklens.builtin import BUILTINS
 
     _check_out_image(args.out)
     if args.index < 0:
         raise ParameterError(f"--index must be >= 0 (scenes are numbered from 0), got {args.index}")
     if args.model is not None and args.model not in BUILTINS:
-        from sinklens.models.loading import builtins_hint
+        from sinklens.models.load import builtins_hint
 
         raise UnknownModelError(
             f"draw-scene --model takes a built-in (it draws that built-in's demo scene), got {args.model!r}. "
@@ -652,7 +652,7 @@ def draw_scene(args: argparse.Namespace) -> None:
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.model is not None:
-        from sinklens.models.loading import demo_scene
+        from sinklens.builtin import demo_scene
 
         demo_scene(args.model).save(args.out)
     else:

@@ -54,9 +54,9 @@ from torch import Tensor
 
 from sinklens.backends.shipping import Remote, check_remote_argument, shipping, trace_options
 from sinklens.errors import CatalogueError
-from sinklens.models.attention import FIRST_ROW
+from sinklens.hf.rows_attention import FIRST_ROW
 from sinklens.models.catalogue import ROWS_POINTS, HookCatalogue
-from sinklens.models.loading import LoadedModel
+from sinklens.models.loaded import LoadedModel
 from sinklens.run import (
     ForwardResult, GenerationResult, Members, Plan, PlanPoint, Recorder, RunContext, apply_point, begin,
     finish_generation, make_context, module_weights, plan,

@@ -7,9 +7,8 @@ The layer above the nnsight backend. Below it: `sinklens.backends.shipping`
 (what a remote run ships, and how) and `sinklens.backends.ndif` (the key and
 status checks). Without a key, `NnsightRunner(sinklens.load("toy-llava"),
 remote="local")` runs every intervention through nnsight's local simulation;
-`sinklens.testing.Simulation()` does the same and keeps the size of every
-request. The names those modules define are re-exported here, where they lived
-before.
+`sinklens.testing.Simulation()` (for tests and measurement) does the same and
+keeps the size of every request.
 """
 
 from __future__ import annotations
@@ -17,20 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 from sinklens.backends._nnsight_private import underlying_module
-from sinklens.backends.ndif import (  # noqa: F401  (re-exported)
-    KEY_HELP,
-    SERVING_LEVELS,
-    api_key,
-    check_ready,
-    deployed_task,
-    ensure_ready,
-    fetch_status,
-    hosted_models,
-)
+from sinklens.backends.ndif import deployed_task, ensure_ready
 from sinklens.backends.nnsight_backend import NnsightRunner
-from sinklens.backends.shipping import check_remote_argument, shipping, trace_options  # noqa: F401
-from sinklens.errors import RemoteError  # noqa: F401
-from sinklens.testing.remote import SERVER_PACKAGES, Payload, Simulation, measure, referenced_modules, serve  # noqa: F401
 
 
 def connect(repo_id: str, *, check: bool = True, task: str | None = None) -> NnsightRunner:
@@ -46,8 +33,8 @@ def connect(repo_id: str, *, check: bool = True, task: str | None = None) -> Nns
     from nnsight import TransformersModel
     from transformers import AutoConfig
 
-    from sinklens.models.loading import from_hf
-    from sinklens.models.processors import load_processor
+    from sinklens.models.loaded import from_hf
+    from sinklens.hf.processors import load_processor
 
     if check:
         task = task or deployed_task(repo_id, ensure_ready(repo_id))

@@ -47,7 +47,7 @@ from torch import Tensor
 
 from sinklens.errors import BackendError, CatalogueError
 from sinklens.hook_points import parse
-from sinklens.models.loading import LoadedModel
+from sinklens.models.loaded import LoadedModel
 from sinklens.run import (
     CacheResult, ForwardResult, GenerationResult, Hook, Members, PlanPoint, Recorder, RunContext, apply_point, begin,
     finish_generation, make_context, module_weights, plan,

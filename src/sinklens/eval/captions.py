@@ -8,7 +8,7 @@ from typing import Any
 from sinklens.data.questions import CAPTION_PROMPT, score_caption
 from sinklens.data.scenes import scene
 from sinklens.run import Intervention, Runner
-from sinklens.models.loading import LoadedModel
+from sinklens.models.loaded import LoadedModel
 
 
 def evaluate_captions(

@@ -19,7 +19,7 @@ from sinklens.data.questions import CAPTION_PROMPT, questions
 from sinklens.data.scenes import scene
 from sinklens.errors import ParameterError
 from sinklens.interventions.scan import SinkDimensionScan
-from sinklens.models.loading import LoadedModel
+from sinklens.models.loaded import LoadedModel
 from sinklens.run import Runner
 
 PAPER_THRESHOLD = 20.0  # SPEC: "massive (default > 20)"

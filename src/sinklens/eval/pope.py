@@ -27,9 +27,9 @@ from typing import Any
 
 from sinklens.data.pope import pope, pope_metrics, yes_or_no
 from sinklens.errors import ParameterError
-from sinklens.eval.folder import FolderBusyError, ResumeMismatchError, RunFolder  # noqa: F401  (re-exported)
+from sinklens.eval.folder import RunFolder
 from sinklens.run import Intervention, Runner
-from sinklens.models.loading import LoadedModel
+from sinklens.models.loaded import LoadedModel
 
 KIND = "pope"
 ROWS = "pope.jsonl"

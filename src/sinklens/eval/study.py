@@ -49,7 +49,7 @@ from sinklens.run import Runner
 
 DEFAULT_MODEL = "toy-llava"
 REMOTE_MODES = ("off", "local", "ndif")
-ATTENTION_CHOICES = ("eager", "rows")  # sinklens.models.loading.ATTENTION_ROUTES
+ATTENTION_CHOICES = ("eager", "rows")  # sinklens.models.loaded.ATTENTION_ROUTES
 # the paper's map layers (10-12 of LLaVA-1.5-7B's 32), at the same depth of other models
 PAPER_MAP_LAYERS = (10, 12)
 PAPER_LAYERS = 32

@@ -21,7 +21,7 @@ from sinklens.errors import ParameterError
 from sinklens.eval.folder import RunFolder
 from sinklens.eval.pope import check_batch_size, describe_stack, generation_settings, prompt_template
 from sinklens.run import Intervention
-from sinklens.models.loading import LoadedModel
+from sinklens.models.loaded import LoadedModel
 
 KIND = "vqa"
 KINDS = ("yes_no", "multiple_choice", "short")

@@ -1,4 +1,4 @@
-"""Interventions: objects that return (hook name, function) pairs for one run, and stacks of them."""
+"""Interventions: objects that return hooks for one run, and stacks of them (the hooks themselves: `sinklens.run`)."""
 
 from sinklens.interventions.analysis import (
     AttentionContribution,
@@ -14,7 +14,6 @@ from sinklens.interventions.scan import SinkDimensionScan
 from sinklens.interventions.sinks import FindSinks
 from sinklens.interventions.stack import Edit, Stack
 from sinklens.interventions.var import VAR
-from sinklens.run import Hook, Intervention, RunContext, apply_point, expand_inputs, ordered_hooks
 
 __all__ = [
     "AttentionContribution",
@@ -28,14 +27,8 @@ __all__ = [
     "VCD",
     "Edit",
     "FindSinks",
-    "Hook",
-    "Intervention",
     "LogitsHook",
     "OnPass",
-    "RunContext",
     "SinkDimensionScan",
     "Stack",
-    "apply_point",
-    "expand_inputs",
-    "ordered_hooks",
 ]

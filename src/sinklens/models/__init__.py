@@ -1,15 +1,12 @@
 """Load models and describe them: hook catalogue, image spans, patch grid, sink dimensions."""
 
-from sinklens.models.builtins import BUILTIN_NAMES, BuiltIn
 from sinklens.models.catalogue import HookCatalogue, catalogue_for, supported_architectures
-from sinklens.models.loading import BUILTINS, LoadedModel, from_hf, load
+from sinklens.models.load import load
+from sinklens.models.loaded import LoadedModel, from_hf
 from sinklens.models.sink_dims import KNOWN, SinkDims, known_sink_dims
 from sinklens.models.spans import ImageGrid, ImageSpans, Tile
 
 __all__ = [
-    "BUILTINS",
-    "BUILTIN_NAMES",
-    "BuiltIn",
     "KNOWN",
     "HookCatalogue",
     "ImageGrid",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sinklens.models.builtins import BUILTIN_MODELS
+from sinklens.builtin.records import BUILTIN_MODELS
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ from sinklens.models.spans import ImageSpans
 from sinklens.ops._typing import Bool
 
 if TYPE_CHECKING:
-    from sinklens.models.loading import LoadedModel
+    from sinklens.models.loaded import LoadedModel
 
 HookFn = Callable[[Tensor, "RunContext"], Tensor | None]
 ModuleWeights = tuple[Tensor, Tensor | None]  # (weight, bias) of the module a hook point feeds; bias may be None

@@ -17,7 +17,7 @@ from torch import Tensor
 from sinklens.run.core import ForwardResult, GenerationResult, Members
 
 if TYPE_CHECKING:
-    from sinklens.models.loading import LoadedModel
+    from sinklens.models.loaded import LoadedModel
 
 
 @runtime_checkable

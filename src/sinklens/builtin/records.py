@@ -20,12 +20,12 @@ from typing import Any
 from PIL import Image
 
 from sinklens.errors import ParameterError
-from sinklens.models.tiny import build_tiny_llava, draw_scene, plant_sinks
-from sinklens.models.tiny_internvl import build_tiny_internvl, draw_internvl_scene, plant_internvl_sinks
-from sinklens.models.tiny_next import build_tiny_llava_next, draw_wide_scene
-from sinklens.models.tiny_qwen import build_tiny_qwen2_5_vl, build_tiny_qwen2_vl, draw_qwen_scene, plant_qwen_sinks
-from sinklens.models.tiny_shared import TINY_SINK_DIM
-from sinklens.models.toy_llava import load_toy_llava
+from sinklens.builtin.tiny_llava import build_tiny_llava, draw_scene, plant_sinks
+from sinklens.builtin.tiny_internvl import build_tiny_internvl, draw_internvl_scene, plant_internvl_sinks
+from sinklens.builtin.tiny_next import build_tiny_llava_next, draw_wide_scene
+from sinklens.builtin.tiny_qwen import build_tiny_qwen2_5_vl, build_tiny_qwen2_vl, draw_qwen_scene, plant_qwen_sinks
+from sinklens.builtin.tiny_shared import TINY_SINK_DIM
+from sinklens.builtin.toy_llava import load_toy_llava
 
 Cell = tuple[str, int, int]  # (tile name, row, col) on the grids of `ImageSpans.images`
 

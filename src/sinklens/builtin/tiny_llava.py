@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from PIL import Image, ImageDraw
 
-from sinklens.models.tiny_shared import (
+from sinklens.builtin.tiny_shared import (
     CHAT_TEMPLATE,
     TINY_SINK_DIM,
     brightness_channel,

@@ -1,49 +1,31 @@
-"""Load an LMM and describe it: `LoadedModel`.
+"""A loaded LMM and what sinklens knows about it: `LoadedModel`, `from_hf`.
 
-Two attention routes (`load(..., attention=...)`): "eager" (the default)
-computes every layer's full `[T, T]` pattern; "rows" runs sdpa and computes
-scores and pattern only for the rows a stack acts on (`sinklens.models.attention`).
-
-A model too large for one device loads with a device map (accelerate), through
-the same call: `load("llava-hf/llava-1.5-13b-hf", dtype=torch.float16,
-device_map="auto")`. Hook functions receive each tensor on the device of its
-layer; sinklens moves its masks there.
+Two attention routes (`AttentionRoute`): "eager" computes every layer's full
+`[T, T]` pattern; "rows" runs sdpa and computes scores and pattern only for
+the rows a stack acts on (`sinklens.hf.rows_attention`). `from_hf` describes a
+model already in memory; `sinklens.models.load` loads one by name.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from PIL import Image
 
-from sinklens.errors import (
-    AttentionImplementationError,
-    ImageSpanError,
-    MissingDependencyError,
-    PaddingError,
-    ParameterError,
-    UnknownArchitectureError,
-    UnknownModelError,
-)
-from sinklens.models.builtins import BUILTIN_MODELS, DEFAULT_MODEL, builtin  # noqa: F401  (DEFAULT_MODEL: the CLI's)
+from sinklens.errors import AttentionImplementationError, ImageSpanError, PaddingError, ParameterError
 from sinklens.models.catalogue import HookCatalogue, catalogue_for
 from sinklens.models.images import as_images, to_rgb
-from sinklens.models.processors import load_processor
 from sinklens.models.sink_dims import known_sink_dims
 from sinklens.models.spans import ImageSpans, image_spans, square_grid
 
-# name -> () -> (model, processor), from the records in builtins.py
-BUILTINS: dict[str, Callable[[], tuple[Any, Any]]] = {record.name: record.build for record in BUILTIN_MODELS}
-
 # the attention routes a LoadedModel can run (docs/architecture.md, "Attention routes")
-ATTENTION_ROUTES = ("eager", "rows")
+AttentionRoute = Literal["eager", "rows"]
+ATTENTION_ROUTES: tuple[str, ...] = get_args(AttentionRoute)
 
 
 # an image, or several images shown in one prompt (in order); a path (str or Path) is opened
@@ -52,11 +34,6 @@ Images = Image.Image | str | os.PathLike[str] | Sequence[Image.Image | str | os.
 
 class ImageConversionWarning(UserWarning):
     """An image's values were changed to make it 8-bit RGB: 16-bit scaled, transparency composited (see images.py)."""
-
-
-def demo_scene(name: str) -> Image.Image:
-    """A scene whose white blocks the planted built-in `name` turns into visual sinks (toy-llava: a held-out scene)."""
-    return builtin(name).scene()
 
 
 @dataclass
@@ -70,7 +47,7 @@ class LoadedModel:
     sink_dims: tuple[int, ...] | None = None
     sink_dims_source: str | None = None
     default_tau: float | None = None  # the registered sink threshold for this model, if any
-    attention: str = "eager"  # the language model's route, one of ATTENTION_ROUTES
+    attention: AttentionRoute = "eager"  # the language model's route
 
     @property
     def d_model(self) -> int:
@@ -195,13 +172,13 @@ class LoadedModel:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True).strip()
 
 
-def _attention_route(model: Any, catalogue: HookCatalogue, attention: str | None) -> str:
+def _attention_route(model: Any, catalogue: HookCatalogue, attention: str | None) -> AttentionRoute:
     """The route of the language model, after switching it to `attention` if given; refuses sdpa and flash."""
-    from sinklens.models.attention import ROWS, use_rows
+    from sinklens.hf.rows_attention import ROWS, use_rows
 
     text_config = getattr(model.config, catalogue.text_config_field)
     if attention is not None:
-        _check_route(attention)
+        check_route(attention)
         if attention == "rows":
             catalogue.rows_call(0)  # the catalogue must say where the rows route's points are
             use_rows(model, catalogue.text_config_field)
@@ -220,7 +197,7 @@ def _attention_route(model: Any, catalogue: HookCatalogue, attention: str | None
     )
 
 
-def _check_route(attention: str) -> None:
+def check_route(attention: str) -> None:
     if attention not in ATTENTION_ROUTES:
         raise ParameterError(
             f"attention must be one of {', '.join(map(repr, ATTENTION_ROUTES))}, got {attention!r}: 'eager' computes "
@@ -251,146 +228,3 @@ def from_hf(model: Any, processor: Any, *, name: str | None = None, attention: s
     )
 
 
-def _require_accelerate() -> None:
-    try:
-        import accelerate  # noqa: F401
-    except ImportError as e:
-        raise MissingDependencyError(
-            "device_map needs the accelerate package, which is not installed: pip install accelerate "
-            "(or leave device_map=None and pass device=...)."
-        ) from e
-
-
-def _dispatch(model: Any, device_map: str | Mapping[str, Any], offload_dir: str | None) -> Any:
-    """Spread an in-memory model (a built-in) over devices as from_pretrained(device_map=...) would."""
-    from accelerate import dispatch_model, infer_auto_device_map
-
-    if isinstance(device_map, str):
-        device_map = infer_auto_device_map(model, no_split_module_classes=model._no_split_modules)
-    return dispatch_model(model, device_map=dict(device_map), offload_dir=offload_dir)
-
-
-def _offline() -> bool:
-    """HF_HUB_OFFLINE (or the older TRANSFORMERS_OFFLINE) as huggingface_hub reads it."""
-    from huggingface_hub import constants
-
-    flags = (os.environ.get(var, "").upper() for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    return bool(constants.HF_HUB_OFFLINE) or any(flag in ("1", "ON", "YES", "TRUE") for flag in flags)
-
-
-def builtins_hint(name: str) -> str:
-    close = difflib.get_close_matches(name, list(BUILTINS), n=1, cutoff=0.6)
-    guess = f"Did you mean {close[0]!r}? " if close else ""
-    return f"{guess}The built-ins are {', '.join(BUILTINS)}"
-
-
-def check_model_name(name_or_path: str, *, cache_dir: str | None = None) -> str:
-    """Where `name_or_path` would load from ("builtin", "path" or "hub"), without touching the network.
-
-    A name that is neither a built-in, an existing path nor a hub id (`org/name`)
-    is refused with the built-ins and the closest one; a hub id that is not in the
-    local hub cache is refused when the hub is off (HF_HUB_OFFLINE=1).
-    """
-    if not isinstance(name_or_path, str) or not name_or_path:
-        raise UnknownModelError(f"the model name must be a non-empty string, got {name_or_path!r}. {builtins_hint('')}")
-    if name_or_path in BUILTINS:
-        return "builtin"
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return "path"
-    if path.exists():
-        raise UnknownModelError(f"{name_or_path} is a file; give the folder that holds the model's config.json and weights")
-    parts = name_or_path.split("/")
-    if len(parts) != 2 or not all(parts) or name_or_path.startswith((".", "~")):
-        raise UnknownModelError(
-            f"unknown model {name_or_path!r}: not a built-in, an existing folder or a hub id (org/name). "
-            f"{builtins_hint(name_or_path)}."
-        )
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache(name_or_path, "config.json", cache_dir=cache_dir)
-    if not isinstance(cached, str) and _offline():
-        raise UnknownModelError(
-            f"{name_or_path} is not in the local hub cache and the hub is off (HF_HUB_OFFLINE=1): download it "
-            f"on a connected machine (`hf download {name_or_path}`), give a local folder, or use a built-in. "
-            f"{builtins_hint(parts[1])}."
-        )
-    return "hub"
-
-
-def _probe_hub(name: str, hf_kwargs: Mapping[str, Any]) -> None:
-    """Fail in about a second, not after the hub client's retries, when an uncached hub id cannot be fetched."""
-    from huggingface_hub import model_info, try_to_load_from_cache
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-
-    if isinstance(try_to_load_from_cache(name, "config.json", cache_dir=hf_kwargs.get("cache_dir")), str):
-        return
-    try:
-        model_info(name, timeout=10, token=hf_kwargs.get("token"))
-    except GatedRepoError as e:
-        raise UnknownModelError(f"{name} is gated on the hub: accept its licence there and log in (`hf auth login`)") from e
-    except RepositoryNotFoundError as e:
-        raise UnknownModelError(f"no model {name!r} on the hub (or it is private). {builtins_hint(name.split('/')[1])}.") from e
-    except Exception as e:  # connection errors come from the hub client's HTTP library
-        raise UnknownModelError(
-            f"{name} is not in the local hub cache and the hub cannot be reached ({type(e).__name__}: {e}). "
-            f"Download it on a connected machine (`hf download {name}`) and copy the cache, or give a local folder."
-        ) from e
-
-
-def load(
-    name_or_path: str,
-    *,
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device | None = None,
-    device_map: str | Mapping[str, Any] | None = None,
-    hf_kwargs: Mapping[str, Any] | None = None,
-    attention: str = "eager",
-) -> LoadedModel:
-    """Load a built-in model (see `BUILTINS`), a hub id or a local path.
-
-    `attention` is the language model's route: "eager" (every layer's full
-    pattern) or "rows" (sdpa, plus explicit scores and pattern for the rows a
-    stack acts on; the vision tower then runs sdpa).
-
-    `device` puts the whole model on one device (default: the CPU). `device_map`
-    spreads it over several (accelerate): "auto", or a dict from module name to
-    device ("cpu", a GPU index, or "disk" with `hf_kwargs={"offload_folder": ...}`),
-    as `from_pretrained(device_map=...)` takes it. Give one of the two.
-    """
-    _check_route(attention)
-    if device is not None and device_map is not None:
-        raise ParameterError(
-            f"give device ({device!r}) or device_map ({device_map!r}), not both: a device map already says "
-            "where every module goes."
-        )
-    if device_map is not None:
-        _require_accelerate()
-    hf_kwargs = dict(hf_kwargs or {})
-    where = check_model_name(name_or_path, cache_dir=hf_kwargs.get("cache_dir"))
-    if where == "builtin":
-        model, processor = BUILTINS[name_or_path]()
-        model = model.to(dtype=dtype)
-        if device_map is None:
-            model = model.to(device or "cpu")
-        else:
-            model = _dispatch(model, device_map, hf_kwargs.get("offload_folder"))
-        return from_hf(model, processor, name=name_or_path, attention=attention)
-
-    import transformers
-
-    if where == "hub":
-        _probe_hub(name_or_path, hf_kwargs)
-    config = transformers.AutoConfig.from_pretrained(name_or_path, **hf_kwargs)
-    architectures = list(getattr(config, "architectures", None) or [])
-    if not architectures:
-        raise UnknownArchitectureError(f"{name_or_path}'s config names no architecture; load it yourself and use from_hf")
-    catalogue_for(architectures[0])  # fail before downloading weights of an unsupported class
-    model_class = getattr(transformers, architectures[0])
-    model = model_class.from_pretrained(
-        name_or_path, dtype=dtype, attn_implementation="eager", device_map=device_map, **hf_kwargs
-    )
-    if device_map is None:
-        model = model.to(device or "cpu")
-    processor = load_processor(name_or_path, config.model_type)
-    return from_hf(model, processor, name=name_or_path, attention=attention)

@@ -14,15 +14,15 @@ is one visual sink.
 
 transformers 5 wants a video processor in every Qwen2-VL processor, and its
 video processors need torchvision; the tiny processors handle images only
-(`sinklens.models.processors.image_only`).
+(`sinklens.hf.processors.image_only`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sinklens.models.processors import image_only
-from sinklens.models.tiny_shared import (
+from sinklens.hf.processors import image_only
+from sinklens.builtin.tiny_shared import (
     TINY_SINK_DIM,
     brightness_channel,
     chat_template,

@@ -10,7 +10,7 @@ row. Sinks are planted as in tiny-llava (`tiny.plant_sinks`).
 
 from __future__ import annotations
 
-from sinklens.models.tiny import (
+from sinklens.builtin.tiny_llava import (
     CHAT_TEMPLATE,
     IMAGE_SIZE,
     PATCH_SIZE,
@@ -18,7 +18,7 @@ from sinklens.models.tiny import (
     tiny_llava_config,
     tiny_tokenizer,
 )
-from sinklens.models.tiny_shared import draw_blocks, seeded
+from sinklens.builtin.tiny_shared import draw_blocks, seeded
 
 # (height, width) resolutions an image may be tiled at: 1 x 2, 2 x 1 or 2 x 2 tiles of 84 px
 PINPOINTS = [[IMAGE_SIZE, 2 * IMAGE_SIZE], [2 * IMAGE_SIZE, IMAGE_SIZE], [2 * IMAGE_SIZE, 2 * IMAGE_SIZE]]

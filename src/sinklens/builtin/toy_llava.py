@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from sinklens.models import parts
-from sinklens.models.tiny_shared import seeded
+from sinklens.builtin import parts
+from sinklens.builtin.tiny_shared import seeded
 
 IMAGE_SIZE = 140  # 10 x 10 patches of 14 px: 100 image tokens
 PATCH_SIZE = 14
@@ -209,7 +209,7 @@ def build_toy_llava(
     if adapter is True:
         adapter = adapter_path()
     if adapter:
-        from sinklens.models.lora import load_adapter, merge_adapter
+        from sinklens.builtin.lora import load_adapter, merge_adapter
 
         state = merge_adapter(state, *load_adapter(adapter))
     missing, unexpected = model.load_state_dict(state, strict=False)
