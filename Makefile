@@ -52,6 +52,8 @@ $(LMMS_STAMP): pyproject.toml constraints.txt constraints-lmms-eval.txt .ci/lmms
 # browser, then the lmms-eval integration in its own environment
 test: $(STAMP) $(LMMS_STAMP)
 	$(PY) -m pytest
+	# the tests that ship sinklens to a simulated server, in a session without the shape checker (conftest.py)
+	SINKLENS_NO_SHAPE_CHECKS=1 $(PY) -m pytest -m ships
 	$(LMMS_PY) -m pytest tests/test_lmms_eval.py
 
 # the lmms-eval integration's end-to-end tests alone (tests/test_lmms_eval.py skips in .venv)
@@ -62,6 +64,7 @@ test-lmms-eval: $(LMMS_STAMP)
 # marked slow (toy-llava, subprocesses, notebooks, studies)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q
+	SINKLENS_NO_SHAPE_CHECKS=1 $(PY) -m pytest -m "ships and not slow" -q
 
 bench: $(STAMP)
 	$(PY) benchmarks/var_overhead.py

@@ -225,7 +225,7 @@ def decode_arms(made: dict[str, Route], inputs: dict[str, Tensor], size: Size, o
         route = made[ARM_ROUTES[name]]
         with_var = name.startswith("var")
         ctx, cache = prefill_cache(route, inputs, var_stack(True, size) if with_var else [])
-        ctx.step = 1  # a generated token: VAR acts on it with the prompt's sink sets
+        ctx.enter_step(1)  # a generated token: VAR acts on it with the prompt's sink sets
 
         def run() -> Tensor:
             try:
@@ -335,8 +335,8 @@ def var_arithmetic_share(made: dict[str, Route], inputs: dict[str, Any], size: S
     generator = torch.Generator().manual_seed(SEED)
     out = {}
     for case, n_rows, step in (("prefill", n_keys - text_from, 0), ("decode_step", 1, 1)):
-        ctx.step = step
-        ctx.held_from = text_from if step == 0 else 0  # the rows route's tensors hold rows from text_from
+        ctx.enter_step(step)
+        ctx.enter_point(text_from if step == 0 else 0)  # the rows route's tensors hold rows from text_from
         width = n_keys + step
         pattern = torch.softmax(torch.randn(1, size.text_heads, n_rows, width, generator=generator), dim=-1)
         times = []

@@ -56,7 +56,7 @@ def _read(pattern, ctx, *, layer):
     queries = rows.queries.float()  # [batch, query]
     per_query = rows.of(pattern).float().mean(1)  # [batch, query, key]
     per_key = torch.einsum("bq,bqk->bk", queries, per_query) / queries.sum(-1, keepdim=True)
-    ctx.records.setdefault("text_to_image", {})[layer] = per_key.cpu()
+    ctx.found.add("text_to_image", per_key.cpu(), layer=layer)
 
 
 def patch_coverage(s, side: int, patch: int) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 
 import hypothesis.strategies as st
 import oracles
@@ -433,3 +434,14 @@ def test_phi_of_no_dimension_is_refused():
 def test_phi_of_a_dimension_the_stream_lacks_is_refused_naming_the_range(dims):
     with pytest.raises(SinkDimensionError, match="dimensions 0..3"):
         ops.sink_dimension_value(torch.ones(1, 2, 4), dims)
+
+
+@pytest.mark.skipif(os.environ.get("SINKLENS_NO_SHAPE_CHECKS") == "1", reason="this session runs without shape checks")
+def test_the_suite_checks_the_shapes_the_ops_declare():
+    """conftest.py installs jaxtyping's checker over the ops: a tensor of the wrong rank is refused."""
+    from jaxtyping import TypeCheckError
+
+    from sinklens.ops import sink_dimension_value
+
+    with pytest.raises(TypeCheckError):
+        sink_dimension_value(torch.ones(3, 4), (1,))  # [pos, d_model]: the batch axis is missing

@@ -25,6 +25,9 @@ from sinklens.interventions.scan import SinkDimensionScan
 
 from conftest import assert_logits_close, assert_records_close, demo_inputs, runner_for
 
+# every test here ships sinklens to nnsight's (simulated) server: a session without shape checks (conftest.py)
+pytestmark = pytest.mark.ships
+
 TOLERANCE = 1e-5
 STEPS = 3
 REMOTE_MODELS = ["tiny-llava", "toy-llava"]

@@ -95,6 +95,7 @@ def test_rows_route_in_a_left_padded_batch(name, case):
 
 
 @pytest.mark.parametrize("case", ["var_paper", "analysis"])
+@pytest.mark.ships
 def test_rows_route_through_the_remote_simulation(case):
     eager, rows = runners("tiny-llava-next")
     inputs = inputs_for("tiny-llava-next")

@@ -113,8 +113,8 @@ def test_image_spans_are_computed_once_per_run(runner, inputs, monkeypatch):
 def test_scratch_space_never_travels_and_findings_do(tiny, inputs):
     ctx = make_context(tiny, inputs)
     ctx.scratch["kept"] = torch.ones(3)
-    ctx.found.sinks[2] = torch.zeros(1, 4, dtype=torch.bool)
-    ctx.record("var", {"layer": 2})
+    ctx.found.add("sinks", torch.zeros(1, 4, dtype=torch.bool), layer=2)
+    ctx.found.add("var", {"layer": 2})
     copy = pickle.loads(pickle.dumps(ctx))
     assert copy.scratch == {} and torch.equal(copy.sinks[2], ctx.sinks[2]) and copy.records == {"var": [{"layer": 2}]}
     assert set(ctx.state()) == {"sinks", "phi", "records"}
@@ -150,7 +150,8 @@ def attention_case(held_from: int):
     generator = torch.Generator().manual_seed(0)
     hidden = torch.ones(n_pos, n_pos, dtype=torch.bool).triu(1)
     scores = torch.randn(2, 3, n_pos, n_pos, generator=generator).masked_fill(hidden, torch.finfo(torch.float32).min)
-    ctx = RunContext(spec, found=Findings(sinks={layer: sinks for layer in range(4)}), held_from=held_from)
+    ctx = RunContext(spec, found=Findings(sinks={layer: sinks for layer in range(4)}))
+    ctx.enter_point(held_from)
     return ctx, scores, scores.softmax(-1)
 
 
@@ -209,7 +210,7 @@ def test_pai_masks_follow_the_scores_device():
 
 def test_var_rows_while_decoding_are_the_new_token(runner, inputs):
     ctx = make_context(runner.loaded, inputs)
-    ctx.step = 1
+    ctx.enter_step(1)
     rows = ctx.query_rows(torch.zeros(1, 2, 1, inputs["input_ids"].shape[1] + 1))
     assert rows.start == 0 and rows.queries.tolist() == [[True]]
 
@@ -217,12 +218,13 @@ def test_var_rows_while_decoding_are_the_new_token(runner, inputs):
 # ---- one generate call, module by module (docs/architecture.md) ----------------------------------
 
 GENERATE_PATH = {
-    "sinklens.backends.nnsight_backend", "sinklens.run.core", "sinklens.models.loaded", "sinklens.models.spans",
+    "sinklens.backends.nnsight_backend", "sinklens.run.context", "sinklens.run.hooks", "sinklens.run.inputs",
+    "sinklens.run.plan", "sinklens.run.results", "sinklens.models.loaded", "sinklens.models.spans",
     "sinklens.hook_points", "sinklens.models.catalogue", "sinklens.interventions.sinks", "sinklens.interventions.var",
 }
 
 
-def test_one_generate_with_findsinks_and_var_runs_code_in_eight_modules_besides_the_ops(runner, inputs):
+def test_one_generate_with_findsinks_and_var_runs_code_in_the_modules_of_its_path(runner, inputs):
     import sys
     import threading
 

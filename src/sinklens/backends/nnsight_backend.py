@@ -54,8 +54,9 @@ from torch import Tensor
 
 from sinklens.backends.shipping import Remote, check_remote_argument, shipping, trace_options
 from sinklens.errors import CatalogueError
-from sinklens.hf.rows_attention import FIRST_ROW
-from sinklens.models.catalogue import ROWS_POINTS, HookCatalogue
+from sinklens.hf import AttentionRoute
+from sinklens.hf.rows_attention import EXPLICIT_ROW_POINTS, FIRST_ROW, ROWS_OPS
+from sinklens.models.catalogue import HookCatalogue
 from sinklens.models.loaded import LoadedModel
 from sinklens.run import (
     ForwardResult, GenerationResult, Members, Plan, PlanPoint, Recorder, RunContext, apply_point, begin,
@@ -112,9 +113,6 @@ class RowSelection:
     decoding: frozenset[int]
 
 
-_EXPLICIT = ("attn.hook_attn_scores", "attn.hook_pattern")  # the points only explicit rows hold
-
-
 def row_selection(points: Plan, ctx: RunContext) -> RowSelection:
     """The rows each layer's attention must compute explicitly for a plan (the rows route).
 
@@ -129,7 +127,7 @@ def row_selection(points: Plan, ctx: RunContext) -> RowSelection:
     decoding = set()
     for point in points:
         hook_point = point.point
-        if hook_point.kind not in _EXPLICIT:
+        if hook_point.kind not in EXPLICIT_ROW_POINTS:
             continue
         first = text_from if all(hook.query_rows for hook in point.hooks) else 0
         prefill[hook_point.layer] = min(prefill.get(hook_point.layer, first), first)
@@ -148,7 +146,7 @@ def _split(path: str) -> tuple[str, str, int | None]:
 
 
 def locate(
-    catalogue: HookCatalogue, points: Plan, ctx: RunContext | None = None, *, route: str = "eager"
+    catalogue: HookCatalogue, points: Plan, ctx: RunContext | None = None, *, route: AttentionRoute = "eager"
 ) -> tuple[Located | SelectRows, ...]:
     """Each point of a plan with its nnsight path: what travels to an NDIF server with the hook functions.
 
@@ -167,11 +165,11 @@ def locate(
     for point in points:
         hook_point = point.point
         layer = hook_point.layer
-        if hook_point.kind in ROWS_POINTS and layer in selection.prefill and layer not in selected:
+        if hook_point.kind in ROWS_OPS and layer in selection.prefill and layer not in selected:
             selected.add(layer)
             located.append(SelectRows(layer, catalogue.rows_call(layer), selection.prefill[layer],
                                       layer in selection.decoding, source))  # fmt: skip
-        held_from = selection.prefill.get(layer, 0) if hook_point.kind in _EXPLICIT else 0
+        held_from = selection.prefill.get(layer, 0) if hook_point.kind in EXPLICIT_ROW_POINTS else 0
         located.append(Located(point, *_split(catalogue.nnsight_path(hook_point, "rows")), source, held_from))
     return tuple(located)
 
@@ -206,7 +204,7 @@ def _select_rows(root: Any, where: SelectRows, ctx: RunContext) -> None:
 
 def _run_point(root: Any, where: Located, ctx: RunContext) -> None:
     """Read one hook point once, apply its functions in order, write back if any returned a tensor."""
-    ctx.held_from = where.held_from
+    ctx.enter_point(where.held_from)
     envoy = _envoy(root, where.module_path, repr(where.planned.name), where.source)
     whole = getattr(envoy, where.attribute)
     value = whole[where.index] if where.index is not None else whole
@@ -243,7 +241,7 @@ def run_located(
         _run_step(root, located, ctx)
     else:
         for step in tracer.iter[:steps]:
-            ctx.step = step
+            ctx.enter_step(step)
             _run_step(root, located, ctx)
     return ctx.state()
 
@@ -271,7 +269,7 @@ def attach(
     that every step happens. Returns the run context the interventions fill.
     For a remote trace use `locate` and `run_located` instead (see docs/remote.md).
     """
-    ctx = ctx or make_context(loaded, inputs)
+    ctx = ctx or make_context(loaded, inputs, interventions)
     located = locate(loaded.catalogue, plan(interventions, ctx), ctx, route=loaded.attention)
     run_located(model, located, ctx, tracer=tracer, steps=steps)
     return ctx

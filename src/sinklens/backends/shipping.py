@@ -16,8 +16,6 @@ an object with `backend(model)` returning an nnsight backend, such as
 
 from __future__ import annotations
 
-import inspect
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -66,59 +64,10 @@ def shipping(loaded: Any, remote: RemoteValue) -> Iterator[None]:
     if not registered:
         nnsight.register(sinklens)  # nnsight's documented way: ship a module's source with the request
     try:
-        with unwrapped_checkers("sinklens"):
-            yield
+        yield
     finally:
         if not registered:
             cloudpickle.unregister_pickle_by_value(sinklens)
-
-
-@contextmanager
-def unwrapped_checkers(package: str) -> Iterator[None]:
-    """Put back the plain functions of `package` that a run-time type checker wrapped, for a while.
-
-    jaxtyping's import hook (`pytest --jaxtyping-packages=sinklens,...`) wraps
-    every function, method and dataclass `__init__` of a package in a checker
-    that lives in jaxtyping and holds weak references: neither can travel to a
-    server. Inside this block the package's modules and classes hold the
-    functions those checkers wrap (`__wrapped__`), so what is shipped is the
-    plain code; on exit the checkers are back. Without such a hook (any normal
-    run) there is nothing to put back.
-    """
-    swaps: list[tuple[Any, str, Any]] = []
-    for name, module in list(sys.modules.items()):
-        if module is None or not (name == package or name.startswith(package + ".")):
-            continue
-        for owner_name, owner in list(vars(module).items()):
-            # the package's own functions and classes, wherever they are imported (a module's globals
-            # are what a function shipped by value carries)
-            home = str(getattr(owner, "__module__", None) or "")
-            if not (home == package or home.startswith(package + ".")):
-                continue
-            if inspect.isclass(owner) and owner.__module__ == name:
-                for attribute, value in list(vars(owner).items()):
-                    if _plain(value) is not value:
-                        swaps.append((owner, attribute, value))
-            if _plain(owner) is not owner:
-                swaps.append((module, owner_name, owner))
-    for owner, attribute, value in swaps:
-        setattr(owner, attribute, _plain(value))
-    try:
-        yield
-    finally:
-        for owner, attribute, value in reversed(swaps):
-            setattr(owner, attribute, value)
-
-
-def _plain(value: Any) -> Any:
-    """The function a checker wraps (functions, methods, properties, class- and static methods), else `value`."""
-    if inspect.isfunction(value) and hasattr(value, "__wrapped__"):
-        return inspect.unwrap(value)
-    if isinstance(value, property) and value.fget is not None and hasattr(value.fget, "__wrapped__"):
-        return property(_plain(value.fget), _plain(value.fset) if value.fset else None, None, value.__doc__)
-    if isinstance(value, (classmethod, staticmethod)) and hasattr(value.__func__, "__wrapped__"):
-        return type(value)(inspect.unwrap(value.__func__))
-    return value
 
 
 def trace_options(model: Any, remote: RemoteValue) -> dict[str, Any]:

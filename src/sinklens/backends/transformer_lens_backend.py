@@ -183,7 +183,7 @@ class _Counter:
 
 
 def _count_step(tensor: Tensor, hook: Any, *, ctx: RunContext, counter: _Counter) -> None:
-    ctx.step = counter.forwards
+    ctx.enter_step(counter.forwards)
     counter.forwards += 1
 
 

@@ -42,7 +42,7 @@ def _keep_rows(pattern: Tensor, ctx: Any, *, layer: int, key: str, prompt_querie
     # prefill: the rows of the chosen prompt queries; decoding: the one new row (the token fed back)
     rows = pattern[0, :, list(prompt_queries), :] if ctx.prefill else pattern[0, :, -1:, :]
     # clone: VAR edits the pattern in place after this hook, and .float().cpu() of a CPU fp32 view is that view
-    ctx.record(key, {"layer": layer, "step": ctx.step, "rows": rows.detach().float().cpu().clone()})
+    ctx.found.add(key, {"layer": layer, "step": ctx.step, "rows": rows.detach().float().cpu().clone()})
 
 
 def _recorders(n_layers: int, key: str, prompt_queries: tuple[int, ...]) -> list[Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from functools import cache
-from typing import Any, no_type_check
+from typing import Any
 
 from sinklens.errors import MissingDependencyError
 
@@ -28,13 +28,10 @@ def image_only(processor_class: type) -> type:
 
     transformers reads a processor's parts off its `__init__` signature and its
     saved arguments off the code object's argument names, so each `__init__`
-    names its arguments (the parent's, less `video_processor`) explicitly, and
-    is kept out of type-checking wrappers (`no_type_check`: jaxtyping's import
-    hook under the tests would replace its code object by a `*args` wrapper).
+    names its arguments (the parent's, less `video_processor`) explicitly.
     """
     if "image_seq_length" in inspect.signature(processor_class.__init__).parameters:  # InternVL
 
-        @no_type_check
         def __init__(self, image_processor=None, tokenizer=None, image_seq_length=256, chat_template=None, **kwargs):
             processor_class.__init__(
                 self, image_processor, tokenizer, None, image_seq_length=image_seq_length,
@@ -43,7 +40,6 @@ def image_only(processor_class: type) -> type:
 
     else:  # Qwen2-VL, Qwen2.5-VL
 
-        @no_type_check
         def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
             # the parent passes (image, tokenizer, video) on; ProcessorMixin keeps the two this signature names
             processor_class.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)

@@ -39,22 +39,22 @@ does it): importing sinklens changes nothing in transformers.
 
 from __future__ import annotations
 
-from typing import Any, no_type_check
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 ROWS = "sinklens_rows"  # the attention implementation's name in transformers' AttentionInterface
 FIRST_ROW = "sinklens_first_row"  # the keyword argument that selects the explicit rows of one call
-# the operations of rows_attention_forward that nnsight's .source names (checked by tests/test_rows_attention.py)
+# the operations of rows_attention_forward that nnsight's .source names (checked by tests/test_rows_attention.py):
+# every hook point the rows route finds inside its function, and where
 ROWS_OPS = {"attn.hook_v": "values_0", "attn.hook_attn_scores": "scores_1", "attn.hook_pattern": "pattern_0"}
+# the points that hold only the explicit rows (hook_v holds every key's values on every call)
+EXPLICIT_ROW_POINTS = ("attn.hook_attn_scores", "attn.hook_pattern")
 
-__all__ = ["FIRST_ROW", "ROWS", "ROWS_OPS", "register", "rows_attention_forward", "use_rows"]
+__all__ = ["EXPLICIT_ROW_POINTS", "FIRST_ROW", "ROWS", "ROWS_OPS", "register", "rows_attention_forward", "use_rows"]
 
 
-# no_type_check: jaxtyping's import hook (the test suite's) would wrap the function, and nnsight would
-# then name the wrapper's operations instead of these
-@no_type_check
 def rows_attention_forward(
     module: nn.Module,
     query: Tensor,

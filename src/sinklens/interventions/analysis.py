@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal, get_args, no_type_check
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -58,7 +58,6 @@ def _sink_keys(ctx: RunContext, layer: int, keys: KeySet, who: str) -> Tensor:
     return sinks
 
 
-@no_type_check  # modes are checked by __post_init__, with sinklens' message (params.py)
 @dataclass(frozen=True, kw_only=True)
 class SinkAblation:
     """Remove the attention of text queries to a sink set, pre-softmax (-inf), in the chosen layers.
@@ -101,7 +100,6 @@ def _listed_keys(ctx: RunContext, layer: int, *, keys: KeySet, positions: tuple[
     return mask
 
 
-@no_type_check  # modes are checked by __post_init__, with sinklens' message (params.py)
 @dataclass(frozen=True, kw_only=True)
 class RandomAblation:
     """The control of SinkAblation: as many random image tokens, re-drawn per layer from a seed.
@@ -137,8 +135,7 @@ class RandomAblation:
 
 
 def _random_keys_at(ctx: RunContext, layer: int, *, seed: int, keys: KeySet, count: int | None) -> Tensor:
-    drawn = ctx.records.setdefault("random_ablation", {})
-    if ctx.prefill or layer not in drawn:
+    if ctx.prefill or layer not in ctx.records.get("random_ablation", {}):
         image = ctx.image.mask
         if count is None:
             counts = _sink_keys(ctx, layer, keys, "RandomAblation").to(image.device).sum(-1)
@@ -148,15 +145,16 @@ def _random_keys_at(ctx: RunContext, layer: int, *, seed: int, keys: KeySet, cou
         sinks = ctx.sinks.get(layer)
         pool = image if sinks is None else image & ~sinks.to(image.device)
         own = ctx.attention_mask.to(image.device)  # each prompt draws on its own positions: as alone, in any batch
-        drawn[layer] = random_keys_each(pool.cpu(), counts.cpu(), own.cpu(), seed * 100_003 + layer).to(image.device)
-    return drawn[layer]
+        drawn = random_keys_each(pool.cpu(), counts.cpu(), own.cpu(), seed * 100_003 + layer).to(image.device)
+        ctx.found.add("random_ablation", drawn, layer=layer)
+    return ctx.records["random_ablation"][layer]
 
 
 def _ablate(scores: Tensor, ctx: RunContext, *, layer: int, chosen: Any) -> Tensor:
     keys = ctx.keys(chosen(ctx, layer), scores.shape[-1], scores.device)
     rows = ctx.query_rows(scores)
     if ctx.prefill:
-        ctx.records.setdefault("ablation", {})[layer] = keys.sum(-1).cpu()
+        ctx.found.add("ablation", keys.sum(-1).cpu(), layer=layer)
     return write_rows(scores, rows, mask_keys(rows.of(scores), keys, rows.queries))
 
 
@@ -222,8 +220,8 @@ def _contribution(z: Tensor, ctx: RunContext, *, layer: int, weight: Tensor, bia
         )
     value, rows = _take(ctx, "_values", layer), _take(ctx, "_patterns", layer)
     outputs = head_value_outputs(value, weight.to(value.device, torch.float32), rows.shape[1])
-    ctx.records.setdefault("contribution", {})[layer] = attention_contribution(rows, outputs).cpu()
-    ctx.records.setdefault("contribution_output", {})[layer] = contribution_sum(rows, outputs).cpu()
+    ctx.found.add("contribution", attention_contribution(rows, outputs).cpu(), layer=layer)
+    ctx.found.add("contribution_output", contribution_sum(rows, outputs).cpu(), layer=layer)
 
 
 # --- head scores and attention maps --------------------------------------------------------------
@@ -254,11 +252,10 @@ def _head_scores(pattern: Tensor, ctx: RunContext, *, layer: int) -> None:
     sink = ctx.keys(sinks, n_keys, pattern.device)
     ratio, image_attention = visual_nonsink_ratio(rows.of(pattern).float(), image, sink)
     queries = rows.queries
-    ctx.records.setdefault("head_scores", {})[layer] = mean_head_ratio(ratio, queries).cpu()
-    ctx.records.setdefault("head_image_attention", {})[layer] = mean_head_ratio(image_attention, queries).cpu()
+    ctx.found.add("head_scores", mean_head_ratio(ratio, queries).cpu(), layer=layer)
+    ctx.found.add("head_image_attention", mean_head_ratio(image_attention, queries).cpu(), layer=layer)
 
 
-@no_type_check  # modes are checked by __post_init__, with sinklens' message (params.py)
 @dataclass(frozen=True, kw_only=True)
 class AttentionMaps:
     """Attention each key receives from the text, averaged over chosen heads, per layer (prefill).
@@ -297,9 +294,7 @@ def _attention_map(pattern: Tensor, ctx: RunContext, *, layer: int, heads: tuple
     if heads is not None:
         chosen = torch.zeros(n_heads, dtype=torch.bool, device=pattern.device)
         chosen[list(heads)] = True
-    ctx.records.setdefault("attention_maps", {})[layer] = mean_query_attention(
-        rows.of(pattern).float(), queries, chosen
-    ).cpu()
+    ctx.found.add("attention_maps", mean_query_attention(rows.of(pattern).float(), queries, chosen).cpu(), layer=layer)
 
 
 def image_map(ctx: RunContext, layers: Sequence[int], prompt: int = 0, image: int = 0) -> Tensor:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import ClassVar, Literal, get_args, no_type_check
+from typing import ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -77,6 +77,11 @@ class VCD:
                 expanded[key] = value
         return expanded
 
+    def passes(self, n_rows: int) -> dict[str, slice]:
+        """The rows of each pass in a batch of `n_rows` expanded rows: the image pass first, the noised one after it."""
+        half = n_rows // 2
+        return {IMAGE_PASS: slice(0, half), NOISED_PASS: slice(half, 2 * half)}
+
     def hooks(self, ctx: RunContext) -> list[Hook]:
         image = ctx.image.mask
         half = image.shape[0] // 2
@@ -86,10 +91,13 @@ class VCD:
                 "are not two equal halves. Pass the inputs through sinklens.expand_inputs(stack, inputs) "
                 "before your own trace (the runners do it)."
             )
-        ctx.passes = {IMAGE_PASS: slice(0, half), NOISED_PASS: slice(half, 2 * half)}
+        if dict(ctx.passes) != self.passes(image.shape[0]):
+            raise PassError(
+                "VCD's two passes are not named in this run's context: make it with "
+                "make_context(lm, expanded_inputs, stack) (the stack names the passes), as the runners do"
+            )
         fn = partial(_contrast, alpha=self.alpha, beta=self.beta)
         return [Hook("hook_logits", fn)]
-
 
 
 def _image_noise(pixels: Tensor, grid_thw: Tensor | None, seed: int) -> Tensor:
@@ -148,7 +156,6 @@ def _next_token_logits(logits: Tensor, ctx: RunContext, *, fn: LogitsFn) -> Tens
     return out
 
 
-@no_type_check  # the pass name is checked by __init__, with sinklens' message
 class OnPass:
     """Run members in one pass of a multi-pass stack only (VCD: "image" or "noised").
 

@@ -7,9 +7,8 @@ from typing import Literal, get_args
 
 from sinklens.errors import ParameterError
 
-# Members whose fields are Literal modes are marked `@no_type_check`: a run-time type checker
-# (pytest's jaxtyping hook) would otherwise refuse a wrong value before `__post_init__` gives
-# sinklens' own message, which names the allowed values.
+# Members whose fields are Literal modes check them in `__post_init__` (`one_of`), with a message that
+# names the allowed values.
 Convention = Literal["paper", "released"]
 CONVENTIONS: tuple[str, ...] = get_args(Convention)
 

@@ -38,4 +38,4 @@ def _scan(resid: Tensor, ctx: RunContext, *, layer: int, dims: tuple[int, ...] |
     magnitudes = dimension_magnitudes(resid)
     if dims is not None:
         magnitudes = magnitudes[..., list(dims)]
-    ctx.records.setdefault("scan", {})[layer] = magnitudes.detach().cpu()
+    ctx.found.add("scan", magnitudes.detach().cpu(), layer=layer)

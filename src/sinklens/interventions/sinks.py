@@ -6,7 +6,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import no_type_check
 
 from torch import Tensor
 
@@ -20,7 +19,6 @@ from sinklens.run import Hook, RunContext, resolve_layers
 PAPER_TAU = 20.0
 
 
-@no_type_check  # modes are checked by __post_init__, with sinklens' message (params.py)
 @dataclass(frozen=True, kw_only=True)
 class FindSinks:
     """Mark tokens with phi(x) >= tau at `blocks.{l}.hook_resid_pre`, once, on the prompt.
@@ -94,6 +92,6 @@ class FindSinks:
 
 def _find_sinks(resid: Tensor, ctx: RunContext, *, layer: int, dims: tuple[int, ...], tau: float, strict: bool) -> None:
     phi = sink_dimension_value(resid, dims)
-    ctx.found.phi[layer] = phi
+    ctx.found.add("phi", phi, layer=layer)
     # padding is never a sink
-    ctx.found.sinks[layer] = sink_mask(phi, tau, strict=strict) & ctx.attention_mask.to(phi.device)
+    ctx.found.add("sinks", sink_mask(phi, tau, strict=strict) & ctx.attention_mask.to(phi.device), layer=layer)

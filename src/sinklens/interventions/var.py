@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal, get_args, no_type_check
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -23,7 +23,6 @@ HEAD_MODES: tuple[str, ...] = get_args(HeadMode)
 DESTINATIONS: tuple[str, ...] = get_args(Destination)
 
 
-@no_type_check  # modes are checked by __post_init__, with sinklens' message (params.py)
 @dataclass(frozen=True, kw_only=True)
 class VAR:
     """Move `p` of the sink attention of image-centric (head, query) pairs onto visual non-sinks.
@@ -88,7 +87,7 @@ def _redistribute_pattern(
         rows.of(pattern), image, sink, rows.queries, p=p, rho=rho, summ=summ, released=released, heads=heads,
         destination=destination,
     )
-    ctx.record("var", {"layer": layer, "step": ctx.step, "n_image_centric": int(selected.sum())})
+    ctx.found.add("var", {"layer": layer, "step": ctx.step, "n_image_centric": int(selected.sum())})
     # in place when nothing needs the original for backward: no full [q, k] copy
     return write_rows(pattern, rows, new_rows)
 

@@ -16,15 +16,18 @@ from importlib import resources
 from pathlib import Path
 
 from sinklens.errors import CatalogueError, UnknownArchitectureError
+from sinklens.hf import AttentionRoute
+from sinklens.hf.rows_attention import ROWS_OPS
 from sinklens.hook_points import LAYER_POINTS, MODEL_POINTS, HookPoint
 from sinklens.models.spans import GRID_RULES
 
 _REQUIRED = ("architectures", "family", "image_token_field", "text_config_field", "grid")
 _GRID_RULES = tuple(GRID_RULES)
+_POINTS = frozenset(LAYER_POINTS) | frozenset(MODEL_POINTS)
 TL_ENTRY = "entry"
-# the rows route's table: the attention call (its inputs select the rows) and the points it moves
+# the rows route's table holds one key: the attention call (its inputs select the rows); the points the route
+# moves are that call's named operations (ROWS_OPS)
 ROWS_CALL = "attention_call"
-ROWS_POINTS = ("attn.hook_v", "attn.hook_attn_scores", "attn.hook_pattern")
 _PATH_END = re.compile(r"\.(input|output(\.\d+)?)$")
 
 
@@ -55,27 +58,24 @@ class HookCatalogue:
     nnsight: dict[str, str]
     # TransformerBridge hook names (TransformerLens 4); empty when the file has no [transformer_lens] table
     transformer_lens: dict[str, str] = field(default_factory=dict)
-    # the rows route's paths ([nnsight_rows]); empty when the file has none
-    nnsight_rows: dict[str, str] = field(default_factory=dict)
+    # the rows route's attention call ([nnsight_rows] attention_call); None when the file has none
+    rows_attention_call: str | None = None
 
-    def nnsight_path(self, hook: HookPoint, route: str = "eager") -> str:
+    def nnsight_path(self, hook: HookPoint, route: AttentionRoute = "eager") -> str:
         """The nnsight path of a hook point on an attention route ("eager" or "rows"), with its layer filled in."""
-        if route == "rows" and hook.kind in ROWS_POINTS:
-            return self._rows_table()[hook.kind].format(layer=hook.layer)
+        if route == "rows" and hook.kind in ROWS_OPS:
+            return f"{self.rows_call(hook.layer)}.source.{ROWS_OPS[hook.kind]}.output"
         template = self.nnsight[hook.kind]
         return template.format(layer=hook.layer) if hook.kind in LAYER_POINTS else template
 
     def rows_call(self, layer: int) -> str:
         """The nnsight path of layer `layer`'s call of the rows route's attention function."""
-        return self._rows_table()[ROWS_CALL].format(layer=layer)
-
-    def _rows_table(self) -> dict[str, str]:
-        if not self.nnsight_rows:
+        if self.rows_attention_call is None:
             raise CatalogueError(
                 f"{self.source} has no [nnsight_rows] table, so {', '.join(self.architectures)} cannot run the rows "
                 "route; load it with attention='eager', or add the table (see hooks/llava.toml)"
             )
-        return self.nnsight_rows
+        return self.rows_attention_call.format(layer=layer)
 
     def transformer_lens_name(self, hook: HookPoint) -> str:
         """The TransformerBridge hook name of a hook point, with its layer filled in."""
@@ -97,6 +97,7 @@ class HookCatalogue:
 
     @classmethod
     def from_file(cls, path: Path) -> HookCatalogue:
+        """Read and check one catalogue file; every problem names the file and the key."""
         try:
             data = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as e:
@@ -106,35 +107,11 @@ class HookCatalogue:
             raise CatalogueError(f"{path} lacks {', '.join(missing)}; every catalogue file needs {', '.join(_REQUIRED)}")
         if data["grid"] not in _GRID_RULES:
             raise CatalogueError(f"{path}: grid rule {data['grid']!r} is not one of {_GRID_RULES}")
-        nnsight = dict(data.get("nnsight", {}))
-        known = set(LAYER_POINTS) | set(MODEL_POINTS)
-        unknown = sorted(set(nnsight) - known)
-        absent = sorted(known - set(nnsight))
-        if unknown or absent:
-            raise CatalogueError(
-                f"{path} [nnsight]: unknown keys {unknown}, missing keys {absent}; "
-                f"the keys are the hook points {sorted(known)}"
-            )
+        nnsight = _table(path, data, "nnsight", _POINTS, required=True)
         for point, template in nnsight.items():
             if not _PATH_END.search(template):
                 raise CatalogueError(f"{path} [nnsight] {point}: {template!r} must end in .input, .output or .output.N")
-        transformer_lens = dict(data.get("transformer_lens", {}))
-        if transformer_lens:
-            unknown = sorted(set(transformer_lens) - known - {TL_ENTRY})
-            absent = sorted((known | {TL_ENTRY}) - set(transformer_lens))
-            if unknown or absent:
-                raise CatalogueError(
-                    f"{path} [transformer_lens]: unknown keys {unknown}, missing keys {absent}; the keys are "
-                    f"the hook points {sorted(known)} and {TL_ENTRY!r}"
-                )
-        nnsight_rows = dict(data.get("nnsight_rows", {}))
-        if nnsight_rows:
-            expected = {ROWS_CALL, *ROWS_POINTS}
-            unknown, absent = sorted(set(nnsight_rows) - expected), sorted(expected - set(nnsight_rows))
-            if unknown or absent:
-                raise CatalogueError(
-                    f"{path} [nnsight_rows]: unknown keys {unknown}, missing keys {absent}; the keys are {sorted(expected)}"
-                )
+        rows = _table(path, data, "nnsight_rows", frozenset({ROWS_CALL}))
         return cls(
             source=path,
             architectures=tuple(data["architectures"]),
@@ -143,9 +120,20 @@ class HookCatalogue:
             text_config_field=data["text_config_field"],
             grid=data["grid"],
             nnsight=nnsight,
-            transformer_lens=transformer_lens,
-            nnsight_rows=nnsight_rows,
+            transformer_lens=_table(path, data, "transformer_lens", _POINTS | {TL_ENTRY}),
+            rows_attention_call=rows.get(ROWS_CALL),
         )
+
+
+def _table(path: Path, data: dict[str, object], name: str, keys: frozenset[str], *, required: bool = False) -> dict[str, str]:
+    """A table of a catalogue file holding exactly `keys` (an absent optional table: empty)."""
+    table = dict(data.get(name, {}))  # type: ignore[call-overload]
+    if not table and not required:
+        return {}
+    unknown, absent = sorted(set(table) - keys), sorted(keys - set(table))
+    if unknown or absent:
+        raise CatalogueError(f"{path} [{name}]: unknown keys {unknown}, missing keys {absent}; the keys are {sorted(keys)}")
+    return table
 
 
 @cache

@@ -12,20 +12,18 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 from PIL import Image
 
 from sinklens.errors import AttentionImplementationError, ImageSpanError, PaddingError, ParameterError
+from sinklens.hf import ATTENTION_ROUTES, AttentionRoute
 from sinklens.models.catalogue import HookCatalogue, catalogue_for
 from sinklens.models.images import as_images, to_rgb
 from sinklens.models.sink_dims import known_sink_dims
 from sinklens.models.spans import ImageSpans, image_spans, square_grid
 
-# the attention routes a LoadedModel can run (docs/architecture.md, "Attention routes")
-AttentionRoute = Literal["eager", "rows"]
-ATTENTION_ROUTES: tuple[str, ...] = get_args(AttentionRoute)
 
 
 # an image, or several images shown in one prompt (in order); a path (str or Path) is opened

@@ -1,47 +1,44 @@
-"""The run core every backend shares: hooks, the plan, the run state, apply_point, inputs and results.
+"""The run core every backend shares. No nnsight or TransformerLens here.
 
-No nnsight or TransformerLens here. A backend takes `begin(...)` (inputs with
-extra passes expanded, and the run's context), `plan(...)` (hooks in run order,
-grouped by point), and at each point only finds the tensor, converts its
-layout, calls `apply_point` and writes back. See `sinklens.run.core`.
+A run goes:
+
+1. `begin(loaded, inputs, members)` (`inputs.py`): the model inputs for the
+   stack (one member may add passes: VCD appends a noised copy of every prompt)
+   and the run's `RunContext`, whose `RunSpec` (image spans, padding, text
+   start, model facts, passes) is computed here, once.
+2. `plan(members, ctx)` (`plan.py`): every member's `Hook`s (`hooks.py`) in run
+   order, grouped by hook point. A stack takes each intervention at most once
+   per hook point (`ordered_hooks`).
+3. at each point the backend reads the tensor, converts its layout, calls
+   `apply_point` with that point's hooks and writes back what it returns; it
+   moves the run's cursor (`ctx.enter_step`, `ctx.enter_point`) and nothing
+   else of the context.
+4. what the members found (`ctx.found`, which they fill through `found.add`)
+   comes back to the client (`state()` / `update()` for a remote run) and into
+   the result (`results.py`).
 """
 
-from sinklens.run.core import (
-    CacheResult,
-    Findings,
-    ForwardResult,
-    GenerationResult,
+from sinklens.run.context import Cursor, Findings, QueryRows, RunContext, RunSpec, writable, write_rows
+from sinklens.run.hooks import (
     Hook,
     HookFn,
     Intervention,
     Member,
     Members,
     ModuleWeights,
-    Plan,
-    PlanPoint,
-    QueryRows,
-    Recorder,
-    RunContext,
-    RunInputs,
-    RunSpec,
-    apply_point,
-    begin,
     describe_hook,
-    expand_inputs,
-    finish_generation,
     hooks_of,
-    make_context,
-    module_weights,
     ordered_hooks,
-    plan,
     resolve_layers,
-    writable,
-    write_rows,
 )
+from sinklens.run.inputs import MultiPass, RunInputs, begin, expand_inputs, make_context, multi_pass
+from sinklens.run.plan import Plan, PlanPoint, apply_point, module_weights, plan
 from sinklens.run.protocol import Runner
+from sinklens.run.results import CacheResult, ForwardResult, GenerationResult, Recorder, finish_generation
 
 __all__ = [
     "CacheResult",
+    "Cursor",
     "Findings",
     "ForwardResult",
     "GenerationResult",
@@ -51,6 +48,7 @@ __all__ = [
     "Member",
     "Members",
     "ModuleWeights",
+    "MultiPass",
     "Plan",
     "PlanPoint",
     "QueryRows",
@@ -67,6 +65,7 @@ __all__ = [
     "hooks_of",
     "make_context",
     "module_weights",
+    "multi_pass",
     "ordered_hooks",
     "plan",
     "resolve_layers",

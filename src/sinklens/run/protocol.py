@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from torch import Tensor
 
-from sinklens.run.core import ForwardResult, GenerationResult, Members
+from sinklens.run.hooks import Members
+from sinklens.run.results import ForwardResult, GenerationResult
 
 if TYPE_CHECKING:
     from sinklens.models.loaded import LoadedModel
