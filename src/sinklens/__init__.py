@@ -6,33 +6,28 @@
     result = sl.NnsightRunner(lm).generate(inputs, [sl.FindSinks(), sl.VAR()])
     result = sl.TransformerLensRunner(lm).generate(inputs, sl.Stack(sl.FindSinks(), sl.PAI(), sl.VAR()))
 
-`import sinklens` imports neither nnsight nor TransformerLens; the backends load
-on first use.
+`import sinklens` imports nothing heavy: every public name loads on first use
+(torch and transformers with the first model or intervention, nnsight and
+TransformerLens with their runners), so `sinklens --help` answers at once.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from sinklens.errors import SinklensError
-from sinklens.interventions import (
-    AttentionContribution,
-    AttentionMaps,
-    HeadScores,
-    RandomAblation,
-    SinkAblation,
-    SinkDimensionScan,
-    PAI,
-    VAR,
-    VCD,
-    Edit,
-    FindSinks,
-    LogitsHook,
-    OnPass,
-    Stack,
-)
-from sinklens.models import LoadedModel, from_hf, load
-from sinklens.run import Hook, RunContext, expand_inputs
+
+if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and readers
+    from sinklens.backends.nnsight_backend import NnsightRunner
+    from sinklens.backends.transformer_lens_backend import TransformerLensRunner
+    from sinklens.explorer import explore
+    from sinklens.interventions import (
+        PAI, VAR, VCD, AttentionContribution, AttentionMaps, Edit, FindSinks, HeadScores, LogitsHook, OnPass,
+        RandomAblation, SinkAblation, SinkDimensionScan, Stack,
+    )
+    from sinklens.models import LoadedModel, from_hf, load
+    from sinklens.run import Hook, RunContext, expand_inputs
 
 __all__ = [
     "AttentionContribution",
@@ -61,16 +56,34 @@ __all__ = [
     "load",
 ]
 
+_INTERVENTIONS = (
+    "AttentionContribution", "AttentionMaps", "HeadScores", "RandomAblation", "SinkAblation", "SinkDimensionScan",
+    "PAI", "VAR", "VCD", "Edit", "FindSinks", "LogitsHook", "OnPass", "Stack",
+)
+# public name -> the module that defines it (loaded on first access)
 _LAZY = {
+    **dict.fromkeys(_INTERVENTIONS, "sinklens.interventions"),
+    **dict.fromkeys(("Hook", "RunContext", "expand_inputs"), "sinklens.run"),
+    **dict.fromkeys(("LoadedModel", "from_hf", "load"), "sinklens.models"),
     "NnsightRunner": "sinklens.backends.nnsight_backend",
     "TransformerLensRunner": "sinklens.backends.transformer_lens_backend",
     "explore": "sinklens.explorer",  # above the run core: it imports sinklens itself
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
+# the packages, reachable as attributes (`sl.interventions.image_map`) as after an eager import
+_PACKAGES = ("backends", "builtin", "data", "eval", "explorer", "hf", "interventions", "models", "ops", "run")
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+
+def __getattr__(name: str) -> Any:
+    if name in _PACKAGES:
+        return importlib.import_module(f"sinklens.{name}")
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # looked up once
+        return value
     raise AttributeError(f"module 'sinklens' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -4,24 +4,27 @@ One record per built-in (`records.py`: how to build it, its demo scene, its
 sink dimensions and visual sinks); the builders are fixtures that ship with
 sinklens, so that the demo, the tests and the docs run with nothing
 downloaded. `sinklens.load(name)` builds one from its record.
+
+`DEFAULT_MODEL` is here, with no import at all, for the command line's help;
+the other names load the records (and torch) on first use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from PIL import Image
+DEFAULT_MODEL = "toy-llava"
 
-from sinklens.builtin.records import BUILTIN_MODELS, BUILTIN_NAMES, DEFAULT_MODEL, BuiltIn, builtin
+if TYPE_CHECKING:
+    from sinklens.builtin.records import BUILTIN_MODELS, BUILTIN_NAMES, BUILTINS, BuiltIn, builtin, demo_scene
 
-# name -> () -> (model, processor), from the records
-BUILTINS: dict[str, Callable[[], tuple[Any, Any]]] = {record.name: record.build for record in BUILTIN_MODELS}
+_LAZY = ("BUILTINS", "BUILTIN_MODELS", "BUILTIN_NAMES", "BuiltIn", "builtin", "demo_scene")
 
-
-def demo_scene(name: str) -> Image.Image:
-    """A scene whose white blocks the planted built-in `name` turns into visual sinks (toy-llava: a held-out scene)."""
-    return builtin(name).scene()
+__all__ = ["DEFAULT_MODEL", *_LAZY]
 
 
-__all__ = ["BUILTINS", "BUILTIN_MODELS", "BUILTIN_NAMES", "DEFAULT_MODEL", "BuiltIn", "builtin", "demo_scene"]
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module("sinklens.builtin.records"), name)
+    raise AttributeError(f"module 'sinklens.builtin' has no attribute {name!r}")

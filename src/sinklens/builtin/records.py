@@ -1,7 +1,7 @@
 """The built-in models, one record each: how to build it, its demo scene, its sink dimensions, its visual sinks.
 
 `sinklens.load(name)` builds a built-in from its record, `sink_dims.KNOWN` takes
-its sink dimensions from it, `loading.demo_scene(name)` draws its scene, and the
+its sink dimensions from it, `demo_scene(name)` draws its scene, and the
 tests run every planted one on its scene and expect a visual sink at each cell
 of `visual_sinks`. Adding a built-in is adding a record here.
 
@@ -19,6 +19,7 @@ from typing import Any
 
 from PIL import Image
 
+from sinklens.builtin import DEFAULT_MODEL
 from sinklens.errors import ParameterError
 from sinklens.builtin.tiny_llava import build_tiny_llava, draw_scene, plant_sinks
 from sinklens.builtin.tiny_internvl import build_tiny_internvl, draw_internvl_scene, plant_internvl_sinks
@@ -115,7 +116,8 @@ BUILTIN_MODELS: tuple[BuiltIn, ...] = (
           (("tile 0", 0, 0), ("tile 1", 2, 1))),
 )
 BUILTIN_NAMES: tuple[str, ...] = tuple(record.name for record in BUILTIN_MODELS)
-DEFAULT_MODEL = "toy-llava"
+# name -> () -> (model, processor)
+BUILTINS: dict[str, Callable[[], tuple[Any, Any]]] = {record.name: record.build for record in BUILTIN_MODELS}
 
 
 def builtin(name: str) -> BuiltIn:
@@ -124,3 +126,8 @@ def builtin(name: str) -> BuiltIn:
         if record.name == name:
             return record
     raise ParameterError(f"{name!r} is not a built-in model; the built-ins are {', '.join(BUILTIN_NAMES)}")
+
+
+def demo_scene(name: str) -> Image.Image:
+    """A scene whose white blocks the planted built-in `name` turns into visual sinks (toy-llava: a held-out scene)."""
+    return builtin(name).scene()
