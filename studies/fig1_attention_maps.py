@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import sinklens as sl
-from sinklens.eval.study import Study, figure, map_layers, overlay, parse_args, short
+from sinklens.eval.figures import figure, overlay, short
+from sinklens.eval.study import Study, map_layers
+from sinklens.eval.study_settings import parse_args
 from sinklens.interventions import image_map
 
 NAME = "fig1_attention_maps"
 
 
 def main(argv=None) -> dict:
-    args = parse_args(NAME, __doc__, n=6, smoke_n=2, argv=argv)
-    study = Study.start(args)
+    settings = parse_args(NAME, __doc__, n=6, smoke_n=2, argv=argv)
+    study = Study.start(settings)
     lm = study.loaded
     layers = map_layers(lm.n_layers)
     middle = layers[len(layers) // 2]

@@ -11,14 +11,16 @@ import torch
 
 import sinklens as sl
 from sinklens import ops
-from sinklens.eval.study import Study, figure, map_layers, parse_args
+from sinklens.eval.figures import figure
+from sinklens.eval.study import Study, map_layers
+from sinklens.eval.study_settings import parse_args
 
 NAME = "fig2_sink_dimensions"
 
 
 def main(argv=None) -> dict:
-    args = parse_args(NAME, __doc__.splitlines()[0], n=8, smoke_n=2, argv=argv)
-    study = Study.start(args)
+    settings = parse_args(NAME, __doc__.splitlines()[0], n=8, smoke_n=2, argv=argv)
+    study = Study.start(settings)
     lm = study.loaded
     dims = tuple(lm.sink_dims)
     layer = map_layers(lm.n_layers)[0]

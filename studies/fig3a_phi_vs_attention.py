@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 import sinklens as sl
-from sinklens.eval.study import Study, figure, map_layers, parse_args
+from sinklens.eval.figures import figure
+from sinklens.eval.study import Study, map_layers
+from sinklens.eval.study_settings import parse_args
 
 NAME = "fig3a_phi_vs_attention"
 
@@ -16,8 +18,8 @@ def correlation(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def main(argv=None) -> dict:
-    args = parse_args(NAME, __doc__, n=20, smoke_n=2, argv=argv)
-    study = Study.start(args)
+    settings = parse_args(NAME, __doc__, n=20, smoke_n=2, argv=argv)
+    study = Study.start(settings)
     lm = study.loaded
     layers = tuple(range(2, lm.n_layers - 1))
     shown = map_layers(lm.n_layers)
@@ -61,7 +63,7 @@ def main(argv=None) -> dict:
     axes[1].axhline(0, color="0.6", lw=0.6)
     axes[1].set_title("correlation per layer (image tokens)", fontsize=9)
     axes[1].legend(fontsize=7)
-    fig.suptitle(study.title(f"phi against attention received (mean over heads and text queries), {args.n} prompts"), fontsize=10)
+    fig.suptitle(study.title(f"phi against attention received (mean over heads and text queries), {settings.n} prompts"), fontsize=10)
     fig.tight_layout()
     return study.finish(fig, {
         "tau": tau, "layers": layers, "scatter_layers": shown,

@@ -12,7 +12,9 @@ from __future__ import annotations
 import sinklens as sl
 from sinklens.data.pope import SPLITS
 from sinklens.eval.stats import describe
-from sinklens.eval.study import Study, figure, mean_and_spread, parse_args
+from sinklens.eval.figures import figure, mean_and_spread
+from sinklens.eval.study import Study
+from sinklens.eval.study_settings import parse_args
 
 NAME = "fig3b_sink_ablation"
 
@@ -23,14 +25,14 @@ def _options(parser) -> None:
 
 
 def main(argv=None) -> dict:
-    args = parse_args(NAME, __doc__.splitlines()[0], n=100, smoke_n=4, argv=argv, scored=True, extra=_options)
-    study = Study.start(args)
-    split = args.split
-    seeds = list(range(args.seed, args.seed + (2 if args.smoke else args.seeds)))
-    rows = [study.pope("baseline", split, args.n),
-            study.pope("visual_sinks", split, args.n, [study.find_sinks(), sl.SinkAblation()])]  # fmt: skip
+    settings = parse_args(NAME, __doc__.splitlines()[0], n=100, smoke_n=4, argv=argv, scored=True, extra=_options)
+    study = Study.start(settings)
+    split = settings.own.split
+    seeds = list(range(settings.seed, settings.seed + (2 if settings.smoke else settings.own.seeds)))
+    rows = [study.pope("baseline", split, settings.n),
+            study.pope("visual_sinks", split, settings.n, [study.find_sinks(), sl.SinkAblation()])]  # fmt: skip
     for seed in seeds:
-        rows.append(study.pope(f"random_seed{seed}", split, args.n, [study.find_sinks(), sl.RandomAblation(seed=seed)]))
+        rows.append(study.pope(f"random_seed{seed}", split, settings.n, [study.find_sinks(), sl.RandomAblation(seed=seed)]))
     random_rows = rows[2:]
     comparisons = [study.compare("baseline", "visual_sinks", split)]
     comparisons += [study.compare("baseline", f"random_seed{seed}", split) for seed in seeds]
@@ -59,7 +61,7 @@ def main(argv=None) -> dict:
     ax.set_ylabel(f"POPE {where} accuracy (%)")
     ax.set_ylim(0, 118)
     ax.legend(fontsize=7, loc="lower right")
-    ax.set_title(study.title(f"attention removed in all layers, POPE {where}, n = {args.n}"), fontsize=9)
+    ax.set_title(study.title(f"attention removed in all layers, POPE {where}, n = {settings.n}"), fontsize=9)
     fig.tight_layout()
     return study.finish(fig, {"split": where, "seeds": seeds, "layers": "all", "rows": rows, "summary": summary,
                               "comparisons": comparisons})  # fmt: skip

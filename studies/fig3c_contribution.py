@@ -12,7 +12,9 @@ import torch
 
 import sinklens as sl
 from sinklens import ops
-from sinklens.eval.study import Study, figure, mean_and_spread, parse_args
+from sinklens.eval.figures import figure, mean_and_spread
+from sinklens.eval.study import Study
+from sinklens.eval.study_settings import parse_args
 
 NAME = "fig3c_contribution"
 
@@ -27,14 +29,14 @@ def log_scale(ax) -> None:
 
 
 def main(argv=None) -> dict:
-    args = parse_args(NAME, __doc__.splitlines()[0], n=20, smoke_n=2, argv=argv)
-    study = Study.start(args)
+    settings = parse_args(NAME, __doc__.splitlines()[0], n=20, smoke_n=2, argv=argv)
+    study = Study.start(settings)
     lm = study.loaded
     layers = tuple(range(2, lm.n_layers))
     contribution = sl.AttentionContribution(layers=layers)
     keys = ("contribution", "attention")
     series = {(kind, what): {l: [] for l in layers} for kind in ("sinks", "random") for what in keys}
-    generator = torch.Generator().manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
     for batch, inputs in study.batches():
         ctx = study.runner.forward(inputs, [study.find_sinks(), contribution, sl.AttentionMaps(layers=layers)]).ctx
         queries = ctx.text_queries(inputs["input_ids"].shape[1])[:, ctx.spec.text_from:].cpu()
@@ -79,7 +81,7 @@ def main(argv=None) -> dict:
     axes[2].set_title("contribution per unit attention (~ ||W_O W_V x_j||)", fontsize=9)
     axes[0].set_title("attention contribution ||a_ij W_O W_V x_j||", fontsize=9)
     axes[1].set_title("attention received", fontsize=9)
-    fig.suptitle(study.title(f"visual sinks vs random image tokens (mean over text queries, {args.n} prompts, +/- 1 s.d.)",
+    fig.suptitle(study.title(f"visual sinks vs random image tokens (mean over text queries, {settings.n} prompts, +/- 1 s.d.)",
                              f"layers {layers[0]}-{layers[-1]}"), fontsize=9)  # fmt: skip
     fig.tight_layout()
     ratio = [row["sinks_contribution"]["mean"] / row["random_contribution"]["mean"] for row in per_layer

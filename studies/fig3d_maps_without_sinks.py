@@ -8,21 +8,23 @@ goes instead; the sink cells then read zero.
 from __future__ import annotations
 
 import sinklens as sl
-from sinklens.eval.study import Study, figure, map_layers, overlay, parse_args, short
+from sinklens.eval.figures import figure, overlay, short
+from sinklens.eval.study import Study, map_layers
+from sinklens.eval.study_settings import parse_args
 from sinklens.interventions import image_map
 
 NAME = "fig3d_maps_without_sinks"
 
 
 def main(argv=None) -> dict:
-    args = parse_args(NAME, __doc__.splitlines()[0], n=4, smoke_n=2, argv=argv)
-    study = Study.start(args)
+    settings = parse_args(NAME, __doc__.splitlines()[0], n=4, smoke_n=2, argv=argv)
+    study = Study.start(settings)
     lm = study.loaded
     layers = map_layers(lm.n_layers)
     middle = layers[len(layers) // 2]
     maps = sl.AttentionMaps(layers=layers)
     examples = []
-    fig, axes = figure(args.n, 2, figsize=(6.6, 3.1 * args.n), squeeze=False)
+    fig, axes = figure(settings.n, 2, figsize=(6.6, 3.1 * settings.n), squeeze=False)
     for batch, inputs in study.batches():
         kept = study.runner.forward(inputs, [study.find_sinks(), maps]).ctx
         removed = study.runner.forward(inputs, [study.find_sinks(), sl.SinkAblation(), maps]).ctx

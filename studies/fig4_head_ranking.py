@@ -9,7 +9,9 @@ from __future__ import annotations
 import torch
 
 import sinklens as sl
-from sinklens.eval.study import Study, figure, overlay, parse_args
+from sinklens.eval.figures import figure, overlay
+from sinklens.eval.study import Study
+from sinklens.eval.study_settings import parse_args
 from sinklens.interventions import image_map
 
 NAME = "fig4_head_ranking"
@@ -17,8 +19,8 @@ EXAMPLES = 3
 
 
 def main(argv=None) -> dict:
-    args = parse_args(NAME, __doc__.splitlines()[0], n=20, smoke_n=2, argv=argv)
-    study = Study.start(args)
+    settings = parse_args(NAME, __doc__.splitlines()[0], n=20, smoke_n=2, argv=argv)
+    study = Study.start(settings)
     lm = study.loaded
     layers = tuple(range(2, lm.n_layers - 1))
     scores, image_attention = [], []
@@ -60,7 +62,7 @@ def main(argv=None) -> dict:
         ax = axes[0 if k < EXAMPLES else 1, 1 + k % EXAMPLES]
         where = "top" if k < EXAMPLES else "bottom"
         overlay(ax, s.image(), grid, sinks=sinks, title=f"{where}: L{pick['layer']} H{pick['head']}, r = {pick['ratio']:.2f}")
-    fig.suptitle(study.title(f"head ranking by visual non-sink ratio ({args.n} prompts); example maps of {shown}, sinks (x)"),
+    fig.suptitle(study.title(f"head ranking by visual non-sink ratio ({settings.n} prompts); example maps of {shown}, sinks (x)"),
                  fontsize=9)  # fmt: skip
     fig.tight_layout()
     return study.finish(fig, {

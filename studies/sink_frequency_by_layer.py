@@ -5,14 +5,16 @@ from __future__ import annotations
 import torch
 
 import sinklens as sl
-from sinklens.eval.study import Study, figure, mean_and_spread, parse_args
+from sinklens.eval.figures import figure, mean_and_spread
+from sinklens.eval.study import Study
+from sinklens.eval.study_settings import parse_args
 
 NAME = "sink_frequency_by_layer"
 
 
 def main(argv=None) -> dict:
-    args = parse_args(NAME, __doc__, n=40, smoke_n=4, argv=argv)
-    study = Study.start(args)
+    settings = parse_args(NAME, __doc__, n=40, smoke_n=4, argv=argv)
+    study = Study.start(settings)
     lm = study.loaded
     finder = study.find_sinks()
     shares = [[] for _ in range(lm.n_layers)]
@@ -35,7 +37,7 @@ def main(argv=None) -> dict:
     ax.fill_between(range(lm.n_layers), 100 * (mean - std).clamp_min(0), 100 * (mean + std), alpha=0.25, label="+/- 1 s.d. over prompts")
     ax.set_xlabel("layer (hook_resid_pre)")
     ax.set_ylabel("image tokens that are sinks (%)")
-    ax.set_title(study.title(f"share of image tokens with phi >= {tau:g}", f"layers 0-{lm.n_layers - 1}") + f", n = {args.n}", fontsize=9)
+    ax.set_title(study.title(f"share of image tokens with phi >= {tau:g}", f"layers 0-{lm.n_layers - 1}") + f", n = {settings.n}", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return study.finish(fig, {"tau": tau, "n_image_tokens": int(image.sum()), "per_layer": per_layer})

@@ -21,24 +21,26 @@ import argparse
 import sinklens as sl
 from sinklens.data.pope import SPLITS
 from sinklens.eval.stats import describe
-from sinklens.eval.study import Study, figure, parse_args
+from sinklens.eval.figures import figure
+from sinklens.eval.study import Study
+from sinklens.eval.study_settings import parse_args
 
 NAME = "table_var"
 GRID_RHO, GRID_P = (0.5, 0.8), (0.3, 0.6)
 METHOD = {"rho": 0.8, "p": 0.6}
 
 
-def settings(study: Study) -> list[tuple[str, str, list]]:
+def stacks(study: Study) -> list[tuple[str, str, list]]:
     """(label, group, stack) of every setting, baseline first."""
-    smoke = study.args.smoke
-    rhos, ps = ((0.8,), (0.6,)) if smoke or not study.args.grid else (GRID_RHO, GRID_P)
+    smoke = study.settings.smoke
+    rhos, ps = ((0.8,), (0.6,)) if smoke or not study.settings.own.grid else (GRID_RHO, GRID_P)
     rows: list[tuple[str, str, list]] = [("baseline", "baseline", [])]
     for convention in ("paper", "released"):
         for rho in rhos:
             for p in ps:
                 var = sl.VAR(rho=rho, p=p, convention=convention)
                 rows.append((f"VAR {convention} rho={rho} p={p}", "grid", [study.find_sinks(convention=convention), var]))
-    if study.args.settings == "method":
+    if study.settings.own.settings == "method":
         return [row for row in rows if row[0] in ("baseline", f"VAR paper rho={METHOD['rho']} p={METHOD['p']}")]
     rows.append(("VAR all heads", "heads", [study.find_sinks(), sl.VAR(heads="all", **METHOD)]))
     rows.append(("VAR to text", "destination", [study.find_sinks(), sl.VAR(destination="text", **METHOD)]))
@@ -62,14 +64,14 @@ def _slug(label: str) -> str:
 
 
 def main(argv=None) -> dict:
-    args = parse_args(NAME, __doc__.splitlines()[0], n=60, smoke_n=2, argv=argv, scored=True, extra=_options)
-    study = Study.start(args)
-    splits = ["file"] if args.data is not None else list(dict.fromkeys(args.splits))
+    settings = parse_args(NAME, __doc__.splitlines()[0], n=60, smoke_n=2, argv=argv, scored=True, extra=_options)
+    study = Study.start(settings)
+    splits = ["file"] if settings.data is not None else list(dict.fromkeys(settings.own.splits))
     rows, comparisons = [], []
-    table = settings(study)
+    table = stacks(study)
     for label, group, stack in table:
         for split in splits:
-            rows.append({"group": group, "stack": [repr(m) for m in stack], **study.pope(_slug(label), split, args.n, stack)})
+            rows.append({"group": group, "stack": [repr(m) for m in stack], **study.pope(_slug(label), split, settings.n, stack)})
             rows[-1]["setting"] = label
             if label != "baseline":
                 comparison = study.compare("baseline", _slug(label), split)
@@ -94,9 +96,9 @@ def main(argv=None) -> dict:
     ax.set_xlim(0, 150)
     ax.set_xlabel("POPE accuracy (%); next to each bar: minus the baseline, points [95% CI], McNemar p")
     ax.legend(title="split", fontsize=7, title_fontsize=7, loc="lower right")
-    ax.set_title(study.title(f"POPE, baseline vs VAR (layers 2..L-2; released: 2..L-1), n = {args.n} per split"), fontsize=9)
+    ax.set_title(study.title(f"POPE, baseline vs VAR (layers 2..L-2; released: 2..L-1), n = {settings.n} per split"), fontsize=9)
     fig.tight_layout()
-    full = args.grid and not args.smoke
+    full = settings.own.grid and not settings.smoke
     return study.finish(fig, {"splits": shown, "grid": {"rho": GRID_RHO, "p": GRID_P} if full else
                               {"rho": [0.8], "p": [0.6]}, "method": METHOD, "rows": rows,
                               "comparisons": comparisons})  # fmt: skip

@@ -31,9 +31,9 @@ import torch
 from PIL import ImageOps
 from tqdm.auto import tqdm
 
-import sinklens
 from sinklens import FindSinks, Hook
 from sinklens.data.scenes import object_mask, scene
+from sinklens.eval.settings import ModelSettings, add_model_arguments
 from sinklens.hook_points import block
 
 BACKGROUND_COVERAGE = 0.05
@@ -90,20 +90,18 @@ def mirror_grid(flags: torch.Tensor, rows: int) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="toy-llava")
+    add_model_arguments(parser)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--n", type=int, default=40, help="held-out scenes (default: 40)")
     parser.add_argument("--tau", type=float, default=None, help="sink threshold (default: the model's)")
     parser.add_argument("--name", default="toy_llava_sinks", help="file name stem of the outputs")
     parser.add_argument("--smoke", action="store_true", help="2 scenes, to check the pipeline")
-    parser.add_argument("--attention", choices=("eager", "rows"), default="eager",
-                        help="eager (default) or rows: sdpa with explicit attention for the rows the stack reads")  # fmt: skip
     args = parser.parse_args(argv)
     n = 2 if args.smoke else args.n
     started = time.perf_counter()
 
-    lm = sinklens.load(args.model, attention=args.attention)
-    runner = sinklens.NnsightRunner(lm)
+    runner = ModelSettings.from_args(args).open()
+    lm = runner.loaded
     rows, cols = lm.grid
     side = lm.processor.image_processor.size["height"]
     patch = side // rows

@@ -17,6 +17,13 @@ from sinklens.cli import main
 from sinklens.eval import pope as pope_eval
 from sinklens.eval.discovery import discover, scan_prompts
 from sinklens.eval.folder import ResumeMismatchError
+from sinklens.eval.loop import Options, evaluate
+
+def run_pope(tiny, runner, questions, out, *, batch_size=1, max_new_tokens=3, **kwargs):
+    """`evaluate` on a POPE benchmark, quietly."""
+    options = Options(max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
+    return evaluate(tiny, runner, questions, out=out, options=options, **kwargs)
+
 
 
 def _rows(out: Path) -> list[dict]:
@@ -26,7 +33,7 @@ def _rows(out: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def clean_run(tiny, runner, tmp_path_factory):
     out = tmp_path_factory.mktemp("clean")
-    metrics = pope_eval.evaluate_pope(tiny, runner, split="adversarial", n=6, out=out, progress=False)
+    metrics = run_pope(tiny, runner, pope_eval.synthetic("adversarial", 6), out)
     return out, metrics
 
 
@@ -48,22 +55,20 @@ def test_an_interrupted_run_resumes_where_it_stopped(tiny, runner, clean_run, tm
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        pope_eval.evaluate_pope(tiny, runner, split="adversarial", n=6, out=tmp_path, progress=False,
-                                on_example=interrupt_after_three)  # fmt: skip
+        run_pope(tiny, runner, pope_eval.synthetic("adversarial", 6), tmp_path, on_example=interrupt_after_three)  # fmt: skip
     assert len(_rows(tmp_path)) == 3 and not (tmp_path / "pope.json").exists()
     resumed = []
-    metrics = pope_eval.evaluate_pope(tiny, runner, split="adversarial", n=6, out=tmp_path, progress=False,
-                                      on_example=lambda row: resumed.append(row["id"]))  # fmt: skip
+    metrics = run_pope(tiny, runner, pope_eval.synthetic("adversarial", 6), tmp_path, on_example=lambda row: resumed.append(row["id"]))  # fmt: skip
     assert resumed == [e.id for e in pope_eval.pope("adversarial", 6)[3:]]  # nothing asked twice
     assert _rows(tmp_path) == _rows(clean_run[0])
     assert metrics == clean_run[1]
 
 
 def test_a_torn_last_line_is_dropped_and_redone(tiny, runner, clean_run, tmp_path):
-    pope_eval.evaluate_pope(tiny, runner, split="adversarial", n=4, out=tmp_path, progress=False)
+    run_pope(tiny, runner, pope_eval.synthetic("adversarial", 4), tmp_path)
     with (tmp_path / "pope.jsonl").open("a") as f:
         f.write('{"id": "adversarial-1-1y", "sce')  # a crash in the middle of a write
-    pope_eval.evaluate_pope(tiny, runner, split="adversarial", n=6, out=tmp_path, progress=False)
+    run_pope(tiny, runner, pope_eval.synthetic("adversarial", 6), tmp_path)
     assert _rows(tmp_path) == _rows(clean_run[0])
 
 
@@ -94,8 +99,7 @@ def test_a_run_with_other_settings_is_refused(tiny, runner, clean_run, capsys):
     from sinklens.interventions import VAR, FindSinks
 
     with pytest.raises(ResumeMismatchError, match="differing: stack"):
-        pope_eval.evaluate_pope(tiny, runner, split="adversarial", n=6, out=out, progress=False,
-                                interventions=[FindSinks(), VAR()])  # fmt: skip
+        run_pope(tiny, runner, pope_eval.synthetic("adversarial", 6), out, interventions=[FindSinks(), VAR()])  # fmt: skip
     assert main(["eval", "pope", "--model", "tiny-llava", "--split", "random", "--n", "2", "--out", str(out)]) == 2
     assert "--restart" in capsys.readouterr().err
 
@@ -153,7 +157,7 @@ def test_captions_are_scored_per_attribute(tiny, runner):
     from sinklens.data.scenes import scene
     from sinklens.eval.captions import evaluate_captions
 
-    result = evaluate_captions(tiny, runner, n=2, max_new_tokens=4, progress=False)
+    result = evaluate_captions(tiny, runner, n=2, options=Options(max_new_tokens=4, progress=False))
     assert set(result["accuracy"]) == {"shape_recall", "shape_precision", "count", "background", "colour", "size", "position"}
     assert [row["truth"] for row in result["rows"]] == [scene("heldout", i).caption() for i in range(2)]
     assert all(0.0 <= value <= 1.0 for value in result["accuracy"].values())

@@ -32,6 +32,13 @@ from sinklens.eval import pope as pope_eval
 from sinklens.eval.folder import FolderBusyError, ResumeMismatchError, RunFolder
 from sinklens.eval.stats import bootstrap_ci, mcnemar_exact, paired
 from sinklens.builtin import demo_scene
+from sinklens.eval.loop import Options, evaluate
+
+def run_pope(tiny, runner, questions, out, *, batch_size=1, max_new_tokens=3, **kwargs):
+    """`evaluate` on a POPE benchmark, quietly."""
+    options = Options(max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
+    return evaluate(tiny, runner, questions, out=out, options=options, **kwargs)
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -238,16 +245,13 @@ def test_eval_pope_on_a_published_file_batched_with_var_resumes_after_sigkill(tm
 def test_batch_4_and_batch_1_give_the_same_answers_with_var(tiny, runner, tmp_path):
     data, images = write_pope(tmp_path, 8)
     stack = [FindSinks(), VAR()]
-    one = pope_eval.evaluate_pope(tiny, runner, data=data, images=images, out=tmp_path / "b1", interventions=stack,
-                                  batch_size=1, max_new_tokens=4, progress=False)  # fmt: skip
-    four = pope_eval.evaluate_pope(tiny, runner, data=data, images=images, out=tmp_path / "b4", interventions=stack,
-                                   batch_size=4, max_new_tokens=4, progress=False)  # fmt: skip
+    one = run_pope(tiny, runner, pope_eval.from_file(data, images), tmp_path / "b1", interventions=stack, batch_size=1, max_new_tokens=4)  # fmt: skip
+    four = run_pope(tiny, runner, pope_eval.from_file(data, images), tmp_path / "b4", interventions=stack, batch_size=4, max_new_tokens=4)  # fmt: skip
     assert [r["answer"] for r in _rows(tmp_path / "b4")] == [r["answer"] for r in _rows(tmp_path / "b1")]
     assert one["accuracy"] == four["accuracy"]
     # and on the synthetic benchmark
-    a = pope_eval.evaluate_pope(tiny, runner, split="random", n=6, out=tmp_path / "s1", interventions=stack, progress=False)
-    b = pope_eval.evaluate_pope(tiny, runner, split="random", n=6, out=tmp_path / "s4", interventions=stack,
-                                batch_size=4, progress=False)  # fmt: skip
+    a = run_pope(tiny, runner, pope_eval.synthetic("random", 6), tmp_path / "s1", interventions=stack)
+    b = run_pope(tiny, runner, pope_eval.synthetic("random", 6), tmp_path / "s4", interventions=stack, batch_size=4)  # fmt: skip
     assert _rows(tmp_path / "s1") == _rows(tmp_path / "s4") and a["f1"] == b["f1"]
 
 
@@ -317,10 +321,9 @@ def test_a_run_failing_before_its_first_row_leaves_nothing_that_blocks_the_corre
     from sinklens.errors import MissingSinksError
 
     with pytest.raises(MissingSinksError):  # VAR without FindSinks: refused in the first generation
-        pope_eval.evaluate_pope(tiny, runner, split="random", n=2, out=tmp_path, interventions=[VAR()], progress=False)
+        run_pope(tiny, runner, pope_eval.synthetic("random", 2), tmp_path, interventions=[VAR()])
     assert not (tmp_path / "pope.settings.json").exists() and not (tmp_path / "pope.jsonl").exists()
-    result = pope_eval.evaluate_pope(tiny, runner, split="random", n=2, out=tmp_path, interventions=[FindSinks(), VAR()],
-                                     progress=False)  # fmt: skip
+    result = run_pope(tiny, runner, pope_eval.synthetic("random", 2), tmp_path, interventions=[FindSinks(), VAR()])  # fmt: skip
     assert result["n"] == 2
 
 
@@ -402,6 +405,6 @@ def test_paired_bootstrap_against_a_naive_loop():
 def test_captions_batched_equal_captions_one_at_a_time(tiny, runner):
     from sinklens.eval.captions import evaluate_captions
 
-    one = evaluate_captions(tiny, runner, n=3, max_new_tokens=5, progress=False)
-    three = evaluate_captions(tiny, runner, n=3, max_new_tokens=5, progress=False, batch_size=3)
+    one = evaluate_captions(tiny, runner, n=3, options=Options(max_new_tokens=5, progress=False))
+    three = evaluate_captions(tiny, runner, n=3, options=Options(max_new_tokens=5, progress=False, batch_size=3))
     assert one == three

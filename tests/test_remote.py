@@ -356,9 +356,10 @@ def test_sinklens_run_on_ndif_without_a_key_exits_2_saying_how_to_set_one(tmp_pa
 
 def test_a_study_on_ndif_without_a_key_fails_fast_saying_how_to_set_one(tmp_path, no_key):
     from sinklens.errors import RemoteError
-    from sinklens.eval.study import Study, parse_args
+    from sinklens.eval.study import Study
+    from sinklens.eval.study_settings import parse_args
 
-    args = parse_args("fig1_attention_maps", "maps", n=4, smoke_n=2,
-                      argv=["--model", "llava-hf/llava-1.5-7b-hf", "--remote", "ndif", "--out", str(tmp_path)])  # fmt: skip
+    settings = parse_args("fig1_attention_maps", "maps", n=4, smoke_n=2,
+                          argv=["--model", "llava-hf/llava-1.5-7b-hf", "--remote", "ndif", "--out", str(tmp_path)])  # fmt: skip
     with pytest.raises(RemoteError, match="NDIF_API_KEY"):
-        Study.start(args)
+        Study.start(settings)

@@ -229,13 +229,14 @@ def test_study_refuses_a_bad_batch_size_before_the_model_loads(tmp_path):
 def test_batches_are_padded_on_the_left_with_each_prompt_on_its_own_positions(tmp_path):
     """Study.batches: prompts of different lengths in one batch; e.own(tensor) is the prompt's own tokens."""
     import sinklens
-    from sinklens.eval.study import Study, parse_args
+    from sinklens.eval.study import Study
+    from sinklens.eval.study_settings import parse_args
 
     images = _photos_with_few_sinks(tmp_path / "photos")
     argv = ["--out", str(tmp_path / "out"), "--images", str(images), "--n", "3", "--batch-size", "2"]
-    args = parse_args("fig1_attention_maps", "", n=3, smoke_n=3, argv=argv)
+    settings = parse_args("fig1_attention_maps", "", n=3, smoke_n=3, argv=argv)
     lm = sinklens.load(BATCHED_MODEL)
-    study = Study(args=args, loaded=lm, runner=sinklens.NnsightRunner(lm))
+    study = Study(settings=settings, loaded=lm, runner=sinklens.NnsightRunner(lm))
     batches = list(study.batches())
     assert [[e.index for e in examples] for examples, _ in batches] == [[0, 1], [2]]
     assert [[e.row for e in examples] for examples, _ in batches] == [[0, 1], [0]]

@@ -20,11 +20,14 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import cache
 from itertools import permutations
+from typing import Literal, get_args
 
 from sinklens.data.questions import presence
 from sinklens.data.scenes import SHAPES, scene
 
-SPLITS = ("random", "popular", "adversarial")
+# how POPE draws its negatives (see above)
+Split = Literal["random", "popular", "adversarial"]
+SPLITS: tuple[str, ...] = get_args(Split)
 POOL = 2000
 
 
@@ -52,7 +55,7 @@ def _statistics() -> tuple[Counter[str], Counter[tuple[str, str]]]:
     return frequency, together
 
 
-def negatives(split: str, scene_index: int, k: int) -> list[str]:
+def negatives(split: Split, scene_index: int, k: int) -> list[str]:
     """The `k` absent shapes POPE's `split` strategy asks about for one held-out scene."""
     present = scene("heldout", scene_index).shapes
     absent = [s for s in SHAPES if s not in present]
@@ -69,7 +72,7 @@ def negatives(split: str, scene_index: int, k: int) -> list[str]:
     raise ValueError(f"unknown POPE split {split!r}; use one of {', '.join(SPLITS)}")
 
 
-def pope(split: str, n: int) -> list[PopeExample]:
+def pope(split: Split, n: int) -> list[PopeExample]:
     """The first `n` examples of a POPE split, scene by scene, alternating yes and no."""
     if split not in SPLITS:
         raise ValueError(f"unknown POPE split {split!r}; use one of {', '.join(SPLITS)}")
