@@ -155,6 +155,31 @@ def test_bad_pope_data_is_refused_naming_file_and_line_before_any_compute(case, 
     assert sorted(p.name for p in out.iterdir()) == ["pope.jsonl"]  # no lock, no settings: nothing touched
 
 
+def test_a_latin1_question_file_is_refused_naming_the_line_and_the_encoding(tmp_path, capsys):
+    """A POPE file saved as Latin-1 ("café"): a sinklens error naming the file, the line and UTF-8, in the API and
+    the CLI (exit 2, one line, before the model loads); a VQA file the same."""
+    data, images = write_pope(tmp_path, 3)
+    lines = data.read_text().splitlines()
+    lines[1] = lines[1].replace("Is there a", "Is there a café with a")
+    data.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    with pytest.raises(DataFileError, match=r"coco_pope_random.json:2: not UTF-8 .*iconv -f latin1 -t utf-8"):
+        read_pope(data, images)
+    assert main(["eval", "pope", "--model", "no-such-model", "--data", str(data), "--images", str(images),
+                 "--out", str(tmp_path / "out")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ":2: not UTF-8 (byte 0xe9" in err and "Re-save the file as UTF-8" in err
+    vqa, vqa_images = write_vqa(tmp_path / "vqa")
+    vqa.write_bytes(vqa.read_bytes().replace(b"What is this?", "Qu'est-ce que c'est, ce café ?".encode("cp1252")))
+    with pytest.raises(DataFileError, match=r"questions.jsonl:4: not UTF-8"):
+        read_vqa(vqa, vqa_images)
+
+
+def test_a_byte_order_mark_on_the_first_line_is_read_as_utf8(tmp_path):
+    data, images = write_pope(tmp_path, 2)
+    data.write_bytes(b"\xef\xbb\xbf" + data.read_bytes())
+    assert len(read_pope(data, images)) == 2
+
+
 def test_a_vqa_file_reads_three_answer_types(tmp_path):
     data, images = write_vqa(tmp_path)
     questions = read_vqa(data, images)

@@ -20,6 +20,21 @@ def test_import_loads_neither_nnsight_nor_transformer_lens():
     assert out.split() == ["False", "False"]
 
 
+def test_the_command_line_imports_no_torch_until_a_command_runs():
+    """`import sinklens.cli`, building the parser and `sinklens --help` stay light: torch loads with a command."""
+    code = (
+        "import sys, contextlib, io, sinklens.cli\n"
+        "sinklens.cli.parser()\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "    sinklens.cli.main(['eval', 'pope', '--help'])\n"
+        "print(sorted(name for name in ('torch', 'transformers', 'nnsight', 'transformer_lens') if name in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    help_text = subprocess.run([sys.executable, "-m", "sinklens", "--help"], capture_output=True, text=True, check=True)
+    assert "discover-sink-dims" in help_text.stdout
+
+
 def test_ops_import_without_jaxtyping():
     # an NDIF-like server has torch and einops but not jaxtyping
     code = (

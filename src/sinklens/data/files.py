@@ -54,27 +54,41 @@ class Question:
 
 def open_image(path: Path, *, where: str) -> Image.Image:
     """An image file, fully decoded; `DataFileError` naming `where` when it does not exist or does not decode."""
+    return _decode(path, where=where, keep=True)
+
+
+def _check_image(path: Path, *, where: str) -> None:
+    """Exists and its header and data decode (without keeping the pixels)."""
+    _decode(path, where=where, keep=False)
+
+
+def _decode(path: Path, *, where: str, keep: bool) -> Image.Image | None:
     if not path.is_file():
         what = "is a folder, not an image file" if path.is_dir() else "does not exist"
         raise DataFileError(f"{where}: image {path} {what}")
     try:
         with Image.open(path) as image:
+            if not keep:
+                image.verify()
+                return None
             image.load()
             return image.copy()
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise DataFileError(f"{where}: image {path} cannot be read ({type(e).__name__}: {e})") from e
 
 
-def _check_image(path: Path, *, where: str) -> None:
-    """Exists and its header and data decode (without keeping the pixels)."""
-    if not path.is_file():
-        what = "is a folder, not an image file" if path.is_dir() else "does not exist"
-        raise DataFileError(f"{where}: image {path} {what}")
+def _text(path: Path, number: int, raw: bytes) -> str:
+    """One line of a question file as text: UTF-8 (a byte-order mark on the first line is dropped)."""
     try:
-        with Image.open(path) as image:
-            image.verify()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataFileError(f"{where}: image {path} cannot be read ({type(e).__name__}: {e})") from e
+        return raw.decode("utf-8-sig" if number == 1 else "utf-8")
+    except UnicodeDecodeError as e:
+        byte = raw[e.start]
+        shown = raw[max(e.start - 12, 0) : e.start + 12].decode("latin-1")
+        raise DataFileError(
+            f"{path}:{number}: not UTF-8 (byte 0x{byte:02x} at column {e.start + 1}, in {shown.strip()!r}); sinklens "
+            f"reads question files as UTF-8. Re-save the file as UTF-8, for instance from Latin-1 with "
+            f"`iconv -f latin1 -t utf-8 {path} > {path.with_suffix('.utf8' + path.suffix).name}`"
+        ) from None
 
 
 def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -82,8 +96,9 @@ def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     path = Path(path)
     if not path.is_file():
         raise DataFileError(f"--data {path} does not exist" if not path.is_dir() else f"--data {path} is a folder, not a file")
-    with path.open(encoding="utf-8") as f:
-        for number, text in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            text = _text(path, number, raw)
             if not text.strip():
                 continue
             try:
