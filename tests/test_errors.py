@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,3 +117,55 @@ def test_unknown_hook_name_lists_the_valid_points():
 def test_every_error_is_a_sinklens_error_and_a_builtin():
     assert issubclass(ImageSpanError, SinklensError) and issubclass(ImageSpanError, ValueError)
     assert issubclass(UnknownArchitectureError, KeyError)
+
+
+# --- every raise site a user can reach raises a sinklens error ---------------------------------------
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "sinklens"
+# genuine protocol raises, each with its reason: file, function, exception
+ALLOWED = {
+    # a module's __getattr__ must raise AttributeError (Python's protocol: hasattr, getattr with a default)
+    ("__init__.py", "__getattr__", "AttributeError"),
+    ("builtin/__init__.py", "__getattr__", "AttributeError"),
+    # an argparse `type=` function reports a bad value with ArgumentTypeError: argparse prints it as a usage error
+    ("cli/common.py", "sink_dims", "ArgumentTypeError"),
+    ("eval/study_settings.py", "_tau", "ArgumentTypeError"),
+}
+
+
+def raise_sites() -> list[tuple[str, int, str, str]]:
+    """(file, line, function, exception class name) of every `raise Class(...)` in src/sinklens, resolved in its module."""
+    import builtins
+    import importlib
+
+    sites = []
+    for path in sorted(SRC.rglob("*.py")):
+        relative = path.relative_to(SRC).as_posix()
+        if relative == "__main__.py" or relative.startswith("integrations/lmms_eval/model.py") and importlib.util.find_spec("lmms_eval") is None:
+            continue
+        module = importlib.import_module("sinklens." + relative[:-3].replace("/", ".").removesuffix(".__init__"))
+        tree = ast.parse(path.read_text())
+        for function in [node for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]:
+            for node in ast.walk(function):
+                if not isinstance(node, ast.Raise) or node.exc is None:
+                    continue
+                target = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+                name = ast.unparse(target)
+                value = vars(module).get(name.split(".")[0], getattr(builtins, name.split(".")[0], None))
+                for part in name.split(".")[1:]:
+                    value = getattr(value, part, None)
+                if isinstance(value, type):  # a class raised (a caught exception re-raised by name is not one)
+                    sites.append((relative, node.lineno, function.name, value))
+    return sites
+
+
+def test_every_error_a_user_can_reach_is_a_sinklens_error():
+    wrong = [f"src/sinklens/{file}:{line} ({function}) raises {cls.__name__}"
+             for file, line, function, cls in raise_sites()
+             if not issubclass(cls, SinklensError) and (file, function, cls.__name__) not in ALLOWED]  # fmt: skip
+    assert not wrong, "raise a sinklens error (errors.py) that says what to do:\n" + "\n".join(wrong)
+
+
+def test_the_raise_site_reader_finds_sites():
+    sites = raise_sites()
+    assert len(sites) > 100 and any(cls is ParameterError for *_, cls in sites)

@@ -194,3 +194,33 @@ def test_two_images_in_one_prompt_are_laid_out_in_order():
         assert (tile["rows"], tile["cols"]) == tuple(grid.tiles[0].positions.shape)
     shapes = [(im["tiles"][0]["rows"], im["tiles"][0]["cols"]) for im in data["images"]]
     assert shapes[0] != shapes[1]  # each image keeps its own grid (Qwen2-VL's follows the image's size)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "RGBA"])
+def test_a_path_to_a_16_bit_or_transparent_png_gives_the_page_the_picture_the_model_gets(mode, tmp_path):
+    """`sl.explore(path)` reads the file as `lm.prepare(path)` does (16-bit scaled, alpha on white), not as PIL's
+    convert("RGB") would (which clips 16-bit values): the same model inputs, so the same answer and pictures."""
+    from PIL import Image
+
+    from sinklens.explorer import _model_pixels, _png
+
+    lm = loaded("tiny-llava")
+    side = 96
+    ramp = np.linspace(0, 1, side * side, dtype=np.float64).reshape(side, side)
+    if mode == "I;16":
+        picture = Image.fromarray((ramp * 65535).astype(np.uint16))  # a gradient over the whole 16-bit range
+        assert picture.mode.startswith("I;16")
+    else:
+        pixels = np.stack([ramp * 255, 255 - ramp * 255, np.full_like(ramp, 90), (ramp > 0.5) * 255], -1)
+        picture = Image.fromarray(pixels.astype(np.uint8), mode="RGBA")
+    path = tmp_path / "picture.png"
+    picture.save(path)
+    with pytest.warns(UserWarning):
+        page = sl.explore(lm, path, QUESTION, max_new_tokens=STEPS, var=None)
+        inputs = lm.prepare(path, QUESTION)
+    clipped = lm.prepare(Image.open(path).convert("RGB"), QUESTION)
+    assert not torch.equal(inputs["pixel_values"], clipped["pixel_values"]), "the case must tell the two readings apart"
+    expected = sl.NnsightRunner(lm).generate(inputs, [sl.FindSinks()], max_new_tokens=STEPS)
+    assert page.data["views"]["base"]["generated_ids"] == [t for t in expected.step_logits[0].argmax(-1).tolist()]
+    (tile,) = page.data["images"][0]["tiles"]
+    assert tile["picture"] == _png(_model_pixels(lm, inputs)[0])

@@ -13,7 +13,7 @@ from PIL import Image
 
 from sinklens.errors import ImageInputError
 from sinklens.models.images import BACKGROUND, as_images, open_image, to_rgb
-from sinklens.models.loaded import ImageConversionWarning
+from sinklens.models.images import ImageConversionWarning
 
 
 def rgb(image: Image.Image) -> np.ndarray:

@@ -93,11 +93,27 @@ class ImageInputError(SinklensError, ValueError):
     """An image argument is not an image sinklens can read: None, an array, a directory, a corrupt file."""
 
 
+class MissingImageError(ImageInputError, FileNotFoundError):
+    """An image file that does not exist."""
+
+
 class UnknownModelError(SinklensError, KeyError):
     """A model name is neither a built-in, a local folder, nor a hub id this machine can load."""
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class WeightsError(SinklensError, ValueError):
+    """A weights file (toy-llava's projector or adapter, a cache entry) does not fit the model it is for."""
+
+
+class CacheError(SinklensError, RuntimeError):
+    """A cache entry (toy-llava's converted parts or assembled model) could not be built or does not fit."""
+
+
+class UnsupportedError(SinklensError, NotImplementedError):
+    """A task or mode sinklens does not run (the message says which it does run)."""
 
 
 class OutputError(SinklensError, OSError):

@@ -53,7 +53,7 @@ import torch
 from torch import Tensor
 
 from sinklens.backends.shipping import Remote, check_remote_argument, shipping, trace_options
-from sinklens.errors import CatalogueError
+from sinklens.errors import CatalogueError, ParameterError
 from sinklens.hf import AttentionRoute
 from sinklens.hf.rows_attention import EXPLICIT_ROW_POINTS, FIRST_ROW, ROWS_OPS
 from sinklens.models.catalogue import HookCatalogue
@@ -158,7 +158,7 @@ def locate(
     if route != "rows":
         return tuple(Located(point, *_split(catalogue.nnsight_path(point.point)), source) for point in points)
     if ctx is None:
-        raise ValueError("locate(..., route='rows') needs the run context: the rows depend on the prompt")
+        raise ParameterError("locate(..., route='rows') needs the run context (ctx=...): the rows depend on the prompt")
     selection = row_selection(points, ctx)
     located: list[Located | SelectRows] = []
     selected: set[int] = set()

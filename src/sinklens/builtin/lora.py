@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from sinklens.errors import ParameterError, WeightsError
+
 
 class LoRALinear(nn.Module):
     """`base(x) + scale * x A^T B^T`, with `base` frozen and B starting at zero (so training starts at `base`)."""
@@ -24,7 +26,7 @@ class LoRALinear(nn.Module):
     def __init__(self, base: nn.Linear, rank: int, alpha: float) -> None:
         super().__init__()
         if rank < 1:
-            raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+            raise ParameterError(f"LoRA rank must be >= 1, got {rank}")
         self.base = base.requires_grad_(False)
         self.scale = alpha / rank
         self.lora_A = nn.Parameter(torch.empty(rank, base.in_features).normal_(std=base.in_features**-0.5))
@@ -40,7 +42,8 @@ def add_lora(model: nn.Module, targets: Iterable[str], rank: int, alpha: float) 
     chosen = [path for path, module in model.named_modules()
               if isinstance(module, nn.Linear) and path.endswith(targets)]  # fmt: skip
     if not chosen:
-        raise ValueError(f"no nn.Linear in the model ends with any of {targets}")
+        raise ParameterError(f"no nn.Linear in the model ends with any of {targets}; name the attention projections "
+                             "the model has (print its named_modules())")
     wrapped = {}
     for path in chosen:
         parent, _, name = path.rpartition(".")
@@ -71,7 +74,8 @@ def load_adapter(path: Path) -> tuple[dict[str, Tensor], float]:
     with safe_open(str(path), "pt") as f:
         metadata = f.metadata() or {}
     if "rank" not in metadata or "alpha" not in metadata:
-        raise ValueError(f"{path} is not a sinklens LoRA adapter (no rank/alpha in its metadata)")
+        raise WeightsError(f"{path} is not a sinklens LoRA adapter (no rank/alpha in its metadata); write adapters "
+                           "with sinklens.builtin.lora.save_adapter")
     return load_file(path), float(metadata["alpha"]) / int(metadata["rank"])
 
 
@@ -82,11 +86,12 @@ def merge_adapter(state: dict[str, Tensor], adapter: Mapping[str, Tensor], scale
     for module in modules:
         a, b = adapter.get(f"{module}.lora_A"), adapter.get(f"{module}.lora_B")
         if a is None or b is None:
-            raise ValueError(f"the adapter holds only one of {module}.lora_A / .lora_B")
+            raise WeightsError(f"the adapter holds only one of {module}.lora_A / .lora_B: the file is incomplete, save it again")
         weight = state.get(f"{module}.weight")
         if weight is None:
-            raise ValueError(f"the adapter adapts {module}, which the model does not have")
+            raise WeightsError(f"the adapter adapts {module}, which the model does not have: it was trained for another model")
         if (b.shape[0], a.shape[1]) != tuple(weight.shape):
-            raise ValueError(f"the adapter of {module} is {b.shape[0]} x {a.shape[1]}, the weight {tuple(weight.shape)}")
+            raise WeightsError(f"the adapter of {module} is {b.shape[0]} x {a.shape[1]}, the weight {tuple(weight.shape)}: "
+                               "it was trained for another model")
         merged[f"{module}.weight"] = weight + scale * (b.double() @ a.double()).to(weight.dtype)
     return merged

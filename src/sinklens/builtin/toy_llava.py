@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from sinklens.builtin import parts
+from sinklens.errors import CacheError
 from sinklens.builtin.tiny_shared import seeded
 
 IMAGE_SIZE = 140  # 10 x 10 patches of 14 px: 100 image tokens
@@ -217,6 +218,10 @@ def build_toy_llava(
         set() if projector else {k for k in model.state_dict() if k.startswith("model.multi_modal_projector.")}
     )
     if set(missing) - expected_missing or unexpected:
-        raise RuntimeError(f"toy-llava weights do not fit: missing {sorted(set(missing) - expected_missing)}, unexpected {unexpected}")
+        raise CacheError(
+            f"toy-llava weights do not fit: missing {sorted(set(missing) - expected_missing)}, unexpected {unexpected}; "
+            "delete the cache folder (SINKLENS_CACHE, else ~/.cache/sinklens) so that it is rebuilt, and reinstall "
+            "sinklens if its trained weights (sinklens/weights) were changed"
+        )
     model.tie_weights()
     return model.eval(), processor

@@ -24,6 +24,7 @@ from typing import Literal, get_args
 
 from sinklens.data.questions import presence
 from sinklens.data.scenes import SHAPES, scene
+from sinklens.errors import ParameterError
 
 # how POPE draws its negatives (see above)
 Split = Literal["random", "popular", "adversarial"]
@@ -69,15 +70,15 @@ def negatives(split: Split, scene_index: int, k: int) -> list[str]:
             return sum(together[(p, s)] for p in present)
 
         return sorted(absent, key=lambda s: (-co_occurrence(s), -frequency[s], SHAPES.index(s)))[:k]
-    raise ValueError(f"unknown POPE split {split!r}; use one of {', '.join(SPLITS)}")
+    raise ParameterError(f"unknown POPE split {split!r}; use one of {', '.join(SPLITS)}")
 
 
 def pope(split: Split, n: int) -> list[PopeExample]:
     """The first `n` examples of a POPE split, scene by scene, alternating yes and no."""
     if split not in SPLITS:
-        raise ValueError(f"unknown POPE split {split!r}; use one of {', '.join(SPLITS)}")
+        raise ParameterError(f"unknown POPE split {split!r}; use one of {', '.join(SPLITS)}")
     if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise ParameterError(f"n must be >= 1, got {n}")
     examples: list[PopeExample] = []
     index = 0
     while len(examples) < n:
@@ -92,7 +93,7 @@ def pope(split: Split, n: int) -> list[PopeExample]:
 def pope_metrics(labels: list[str], predictions: list[str]) -> dict[str, float | int]:
     """Accuracy, precision, recall and F1 of "yes", and the share of "yes" answers (POPE's yes-ratio)."""
     if len(labels) != len(predictions):
-        raise ValueError(f"{len(labels)} labels but {len(predictions)} predictions")
+        raise ParameterError(f"{len(labels)} labels but {len(predictions)} predictions: give one prediction per label")
     n = len(labels)
     tp = sum(l == "yes" and p == "yes" for l, p in zip(labels, predictions))
     fp = sum(l == "no" and p == "yes" for l, p in zip(labels, predictions))

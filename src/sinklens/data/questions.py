@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 
 from sinklens.data.scenes import BACKGROUNDS, CELLS, COLOURS, PARTNERS, SHAPE_WEIGHTS, SHAPES, SIZES, Scene
+from sinklens.errors import ParameterError
 
 YES_NO = " Answer yes or no."
 CAPTION_PROMPT = "Describe the image."
@@ -51,7 +52,7 @@ def training_turns(scene: Scene, rng: random.Random, n_turns: int = 3, presence_
     uniformly, by frequency, or as the partner of a shape that is there (when absent).
     """
     if not 0.0 <= presence_share <= 1.0:
-        raise ValueError(f"presence_share must be in [0, 1], got {presence_share}")
+        raise ParameterError(f"presence_share must be in [0, 1], got {presence_share}")
     pool = questions(scene)
     absent = [s for s in SHAPES if s not in scene.shapes]
     partners = [PARTNERS[s] for s in sorted(scene.shapes) if PARTNERS[s] in absent]

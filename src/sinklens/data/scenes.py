@@ -133,7 +133,7 @@ def _polygon(kind: str, cx: float, cy: float, r: float) -> list[tuple[float, flo
             y = 13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)
             points.append((cx + r * x / 17, cy - r * (y + 2) / 17))
         return points
-    raise ValueError(kind)
+    raise ParameterError(f"no outline for the shape {kind!r}; the shapes are {', '.join(SHAPES)}")
 
 
 def draw(scene: Scene, side: int = SIDE) -> Image.Image:

@@ -6,6 +6,7 @@ from typing import Any
 
 from sinklens.data.questions import CAPTION_PROMPT, score_caption
 from sinklens.data.scenes import scene
+from sinklens.errors import ParameterError
 from sinklens.eval.loop import Item, Options, answers
 from sinklens.models.loaded import LoadedModel
 from sinklens.run import Members, Runner
@@ -14,7 +15,7 @@ from sinklens.run import Members, Runner
 def caption_items(n: int) -> list[Item]:
     """Held-out scenes 0..n-1, each asked for a caption."""
     if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise ParameterError(f"n must be >= 1, got {n}")
     return [Item(str(index), lambda i=index: scene("heldout", i).image(), CAPTION_PROMPT, {"scene": index})
             for index in range(n)]  # fmt: skip
 

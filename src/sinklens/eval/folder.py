@@ -46,6 +46,10 @@ class FolderBusyError(SinklensError, RuntimeError):
     """Another run holds the output folder's lock."""
 
 
+class FolderUseError(SinklensError, RuntimeError):
+    """A RunFolder used out of order: without its lock, or rows before settings."""
+
+
 class FolderError(SinklensError, ValueError):
     """The output folder cannot be used: it is a file, or it cannot be written."""
 
@@ -154,7 +158,7 @@ class RunFolder:
 
     def _require_lock(self, what: str) -> None:
         if not self.locked:
-            raise RuntimeError(f"RunFolder.{what} needs the folder's lock: use `with RunFolder(...) as folder:`")
+            raise FolderUseError(f"RunFolder.{what} needs the folder's lock: use `with RunFolder(...) as folder:`")
 
     # --- settings and rows ------------------------------------------------------------------
 
@@ -194,7 +198,8 @@ class RunFolder:
         if not rows:
             return
         if self._settings is None:
-            raise RuntimeError("RunFolder.append before RunFolder.check: the settings of the rows are unknown")
+            raise FolderUseError("RunFolder.append before RunFolder.check: the settings of the rows are unknown; "
+                                 "call check(settings) first")
         if not self.settings_path.is_file() or not self.rows_path.is_file() or self.rows_path.stat().st_size == 0:
             _write_atomic(self.settings_path, json.dumps(self._settings, indent=1) + "\n")
         with self.rows_path.open("a") as f:

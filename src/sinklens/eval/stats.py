@@ -21,13 +21,15 @@ from math import comb
 
 import numpy as np
 
+from sinklens.errors import ParameterError
+
 BOOTSTRAP = 10_000
 
 
 def mcnemar_exact(a_only: int, b_only: int) -> float:
     """Two-sided exact McNemar p-value from the discordant counts (1.0 when there are none)."""
     if a_only < 0 or b_only < 0:
-        raise ValueError(f"discordant counts must be >= 0, got {a_only} and {b_only}")
+        raise ParameterError(f"discordant counts must be >= 0, got {a_only} and {b_only}")
     n = a_only + b_only
     if n == 0:
         return 1.0
@@ -57,7 +59,8 @@ def bootstrap_ci(a: Sequence[bool] | np.ndarray, b: Sequence[bool] | np.ndarray,
 def paired(a: Sequence[bool] | np.ndarray, b: Sequence[bool] | np.ndarray, *, seed: int = 0, resamples: int = BOOTSTRAP) -> dict[str, object]:
     """Setting b against setting a on the same examples (`a[i]`, `b[i]`: example i answered correctly)."""
     if len(a) != len(b):
-        raise ValueError(f"paired comparison needs the same examples: {len(a)} against {len(b)}")
+        raise ParameterError(f"paired comparison needs the same examples: {len(a)} against {len(b)}; give both "
+                             "settings' results on the same questions, in the same order")
     a_arr, b_arr = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
     n = int(a_arr.size)
     a_only = int((a_arr & ~b_arr).sum())

@@ -15,8 +15,10 @@ without VAR; "after" is a run with VAR, read by a hook placed after VAR at the
 same `hook_pattern` point, so it is the pattern the model used. Each run
 generates its own tokens (VAR may change them).
 
-Built on the public API only: `sl.load`, `LoadedModel.prepare`, `sl.NnsightRunner`,
-`sl.Hook`, `sl.FindSinks`, `sl.VAR`, `result.ctx`.
+Built on the public API (`sl.load`, `LoadedModel.prepare`, `sl.NnsightRunner`,
+`sl.Hook`, `sl.FindSinks`, `sl.VAR`, `result.ctx`), and it reads images through
+`sinklens.models.images.rgb_images`, the function `LoadedModel.prepare` reads
+them through, so the page draws the pictures the model got.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import base64
 import html
 import io
 import json
-from collections.abc import Sequence
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -36,6 +38,7 @@ from PIL import Image
 
 import sinklens as sl
 from sinklens.errors import ParameterError
+from sinklens.models.images import ImageConversionWarning, rgb_images
 from sinklens.explorer.pack import QUANTISATION, pack_view
 from sinklens.explorer.record import record_run
 
@@ -114,19 +117,15 @@ def explore(
 
 
 def _images(image: Any) -> list[Image.Image]:
-    shown = [image] if isinstance(image, (Image.Image, str, Path)) else list(image)
-    if not shown:
+    """The pictures `LoadedModel.prepare` would give the model (`models.images.rgb_images`), its warnings included."""
+    if isinstance(image, (list, tuple)) and not image:
         raise ParameterError("explore needs at least one image")
-    out = []
-    for item in shown:
-        if isinstance(item, Image.Image):
-            out.append(item.convert("RGB"))
-            continue
-        path = Path(item)
-        if not path.is_file():
-            raise FileNotFoundError(f"image {path} does not exist; draw one with `sinklens draw-scene --out PATH`")
-        out.append(Image.open(path).convert("RGB"))
-    return out
+    pictures = []
+    for converted in rgb_images(image, where="the image"):
+        if converted.note:
+            warnings.warn(f"the image: {converted.note}", ImageConversionWarning, stacklevel=3)
+        pictures.append(converted.image)
+    return pictures
 
 
 def _png(picture: Image.Image) -> str:
@@ -220,7 +219,7 @@ def _page_data(loaded: Any, inputs: Any, spans: Any, images: list[Image.Image], 
             "tau": round(float(tau), 4), "rho": var.rho if var is not None else sl.VAR().rho,
             "summ": var.summ if var is not None else sl.VAR().summ, "p": var.p if var is not None else None,
             "convention": var.convention if var is not None else find.convention,
-            "var_layers": _var_layers(var, loaded.n_layers),
+            "var_layers": list(var.layers_for(loaded.n_layers)) if var is not None else [],
         },  # fmt: skip
         "quantisation": QUANTISATION,
         "note": TOY_LLAVA_NOTE if loaded.name == "toy-llava" else "",
@@ -233,15 +232,6 @@ def _page_data(loaded: Any, inputs: Any, spans: Any, images: list[Image.Image], 
     }
     data["sizes"]["json_bytes"] = len(json.dumps(data))
     return data
-
-
-def _var_layers(var: Any, n_layers: int) -> list[int]:
-    if var is None:
-        return []
-    if var.layers is not None:
-        return sorted(var.layers)
-    last = n_layers - 1 if var.convention == "paper" else n_layers
-    return list(range(2, last))
 
 
 def render(data: dict[str, Any]) -> str:
@@ -267,8 +257,3 @@ def read_data(page: str) -> dict[str, Any]:
     stop = page.index("</script>", start)
     return json.loads(page[start:stop])  # "<\\/" in the page is JSON's own escape of "/"
 
-
-def _check_images(paths: Sequence[Path]) -> None:
-    for path in paths:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"--image {path} does not exist; draw one with `sinklens draw-scene --out PATH`")

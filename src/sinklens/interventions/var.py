@@ -63,9 +63,13 @@ class VAR:
         params.one_of("heads", self.heads, HEAD_MODES)
         params.one_of("destination", self.destination, DESTINATIONS)
 
+    def layers_for(self, n_layers: int) -> tuple[int, ...]:
+        """The layers VAR acts on in a model of `n_layers`: `layers`, else 2..L-2 (paper) or 2..L-1 (released)."""
+        last = n_layers - 1 if self.convention == "paper" else n_layers
+        return resolve_layers(self.layers, n_layers, range(2, last))
+
     def hooks(self, ctx: RunContext) -> list[Hook]:
-        last = ctx.n_layers - 1 if self.convention == "paper" else ctx.n_layers
-        layers = resolve_layers(self.layers, ctx.n_layers, range(2, last))
+        layers = self.layers_for(ctx.n_layers)
         # plain values, not `self`: a shipped hook function then carries no VAR class (docs/remote.md)
         fn = partial(_redistribute_pattern, p=self.p, rho=self.rho, summ=self.summ, released=self.convention == "released",
                      heads=self.heads, destination=self.destination)  # fmt: skip

@@ -33,11 +33,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sinklens.errors import ImageInputError
+from sinklens.errors import ImageInputError, MissingImageError
 
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 _ALPHA = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+class ImageConversionWarning(UserWarning):
+    """An image's values were changed to make it 8-bit RGB: 16-bit scaled, transparency composited."""
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,7 @@ def open_image(path: str | os.PathLike[str], *, what: str = "the image") -> Imag
     if path.is_dir():
         raise ImageInputError(f"{what} {path} is a directory; give an image file (PNG, JPEG, ...) inside it")
     if not path.exists():
-        raise ImageInputError(
+        raise MissingImageError(
             f"{what} {path} does not exist; check the path, or draw a scene with `sinklens draw-scene --out PATH`"
         )
     try:
@@ -157,3 +161,8 @@ def as_images(image: Any, *, where: str = "the image") -> list[Image.Image]:
     if isinstance(image, Sequence) and not isinstance(image, (str, bytes)):
         return as_images(list(image), where=where)
     return [_one(image, where)]
+
+
+def rgb_images(image: Any, *, where: str = "the image") -> list[Converted]:
+    """The images of one prompt (as `as_images` takes them) converted to 8-bit RGB by `to_rgb`: what a model gets."""
+    return [to_rgb(picture) for picture in as_images(image, where=where)]

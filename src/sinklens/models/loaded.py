@@ -20,7 +20,7 @@ from PIL import Image
 from sinklens.errors import AttentionImplementationError, ImageSpanError, PaddingError, ParameterError
 from sinklens.hf import ATTENTION_ROUTES, AttentionRoute
 from sinklens.models.catalogue import HookCatalogue, catalogue_for
-from sinklens.models.images import as_images, to_rgb
+from sinklens.models.images import ImageConversionWarning, rgb_images
 from sinklens.models.sink_dims import known_sink_dims
 from sinklens.models.spans import ImageSpans, image_spans, square_grid
 
@@ -28,10 +28,6 @@ from sinklens.models.spans import ImageSpans, image_spans, square_grid
 
 # an image, or several images shown in one prompt (in order); a path (str or Path) is opened
 Images = Image.Image | str | os.PathLike[str] | Sequence[Image.Image | str | os.PathLike[str]]
-
-
-class ImageConversionWarning(UserWarning):
-    """An image's values were changed to make it 8-bit RGB: 16-bit scaled, transparency composited (see images.py)."""
 
 
 @dataclass
@@ -81,7 +77,7 @@ class LoadedModel:
         if rule == "tiles":
             side = int(square_grid(self.config)[0] * self.config.downsample_ratio)
             return side, side
-        raise ValueError(
+        raise ParameterError(
             f"{self.name} ({self.catalogue.family}) has no fixed grid: each image's grid follows its size. "
             "Read it from LoadedModel.check_inputs(inputs).images."
         )
@@ -125,10 +121,9 @@ class LoadedModel:
             where = "the image" if len(examples) == 1 else f"the image of example {len(prompts)}"
             if isinstance(image, (list, tuple)) and not image:
                 raise ParameterError(f"example {len(prompts)} has no image; give at least one per prompt")
-            shown = as_images(image, where=where)
+            shown = rgb_images(image, where=where)
             self._check_question(question, where.replace("the image", "the question"))
-            for picture in shown:
-                converted = to_rgb(picture)
+            for converted in shown:
                 if converted.note:  # said, not silently done (sinklens run writes it to result.json)
                     warnings.warn(f"{where}: {converted.note}", ImageConversionWarning, stacklevel=3)
                 images.append(converted.image)

@@ -33,7 +33,7 @@ from tqdm import tqdm
 import sinklens as sl
 from lmms_eval.api.instance import GenerationResult, Instance, unwrap_generation_output
 from lmms_eval.api.model import lmms
-from sinklens.errors import ParameterError
+from sinklens.errors import ParameterError, UnsupportedError
 from sinklens.integrations.lmms_eval import runs
 from sinklens.integrations.lmms_eval.settings import PluginSettings, parse_model_args
 
@@ -201,7 +201,7 @@ class SinklensLMM(lmms):
         return [_keep_pair((score.mean_nll, score.greedy)) for score in scores]
 
     def generate_until_multi_round(self, requests: list[Instance]) -> list[str]:
-        raise NotImplementedError(
+        raise UnsupportedError(
             "--model sinklens answers single-round tasks (generate_until, loglikelihood, multiple_choice); "
             "multi-round tasks are not supported"
         )
