@@ -29,47 +29,20 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and
     from sinklens.models import LoadedModel, from_hf, load
     from sinklens.run import Hook, RunContext, expand_inputs
 
-__all__ = [
-    "AttentionContribution",
-    "AttentionMaps",
-    "HeadScores",
-    "RandomAblation",
-    "SinkAblation",
-    "SinkDimensionScan",
-    "PAI",
-    "VAR",
-    "VCD",
-    "Edit",
-    "FindSinks",
-    "Hook",
-    "LoadedModel",
-    "LogitsHook",
-    "NnsightRunner",
-    "OnPass",
-    "RunContext",
-    "SinklensError",
-    "Stack",
-    "TransformerLensRunner",
-    "expand_inputs",
-    "explore",
-    "from_hf",
-    "load",
-]
-
-_INTERVENTIONS = (
-    "AttentionContribution", "AttentionMaps", "HeadScores", "RandomAblation", "SinkAblation", "SinkDimensionScan",
-    "PAI", "VAR", "VCD", "Edit", "FindSinks", "LogitsHook", "OnPass", "Stack",
-)
 # public name -> the module that defines it (loaded on first access)
-_LAZY = {
-    **dict.fromkeys(_INTERVENTIONS, "sinklens.interventions"),
-    **dict.fromkeys(("Hook", "RunContext", "expand_inputs"), "sinklens.run"),
-    **dict.fromkeys(("LoadedModel", "from_hf", "load"), "sinklens.models"),
-    "NnsightRunner": "sinklens.backends.nnsight_backend",
-    "TransformerLensRunner": "sinklens.backends.transformer_lens_backend",
-    "explore": "sinklens.explorer",  # above the run core: it imports sinklens itself
+_EXPORTS = {
+    "sinklens.interventions": (
+        "AttentionContribution", "AttentionMaps", "HeadScores", "RandomAblation", "SinkAblation", "SinkDimensionScan",
+        "PAI", "VAR", "VCD", "Edit", "FindSinks", "LogitsHook", "OnPass", "Stack",
+    ),
+    "sinklens.run": ("Hook", "RunContext", "expand_inputs"),
+    "sinklens.models": ("LoadedModel", "from_hf", "load"),
+    "sinklens.backends.nnsight_backend": ("NnsightRunner",),
+    "sinklens.backends.transformer_lens_backend": ("TransformerLensRunner",),
+    "sinklens.explorer": ("explore",),  # above the run core: it imports sinklens itself
 }
-
+_LAZY = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted([*_LAZY, "SinklensError"])
 
 # the packages, reachable as attributes (`sl.interventions.image_map`) as after an eager import
 _PACKAGES = ("backends", "builtin", "data", "eval", "explorer", "hf", "interventions", "models", "ops", "run")

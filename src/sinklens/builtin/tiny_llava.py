@@ -17,6 +17,8 @@ mechanics (detection, selection, redistribution) testable against an oracle.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from PIL import Image, ImageDraw
 
@@ -42,7 +44,12 @@ def tiny_processor():
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
     )
-    return LlavaProcessor(
+    return clip_processor(LlavaProcessor, image_processor)
+
+
+def clip_processor(processor_class: type, image_processor: Any) -> Any:
+    """A LLaVA-family processor around `image_processor`, with tiny-llava's tokenizer and its CLIP patch layout."""
+    return processor_class(
         image_processor=image_processor,
         tokenizer=tiny_tokenizer(),
         patch_size=PATCH_SIZE,

@@ -10,14 +10,7 @@ row. Sinks are planted as in tiny-llava (`tiny.plant_sinks`).
 
 from __future__ import annotations
 
-from sinklens.builtin.tiny_llava import (
-    CHAT_TEMPLATE,
-    IMAGE_SIZE,
-    PATCH_SIZE,
-    plant_sinks,
-    tiny_llava_config,
-    tiny_tokenizer,
-)
+from sinklens.builtin.tiny_llava import IMAGE_SIZE, PATCH_SIZE, clip_processor, plant_sinks, tiny_llava_config
 from sinklens.builtin.tiny_shared import draw_blocks, seeded
 
 # (height, width) resolutions an image may be tiled at: 1 x 2, 2 x 1 or 2 x 2 tiles of 84 px
@@ -32,14 +25,7 @@ def tiny_next_processor():
         crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
         image_grid_pinpoints=PINPOINTS,
     )
-    return LlavaNextProcessor(
-        image_processor=image_processor,
-        tokenizer=tiny_tokenizer(),
-        patch_size=PATCH_SIZE,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,  # CLIP's class token, dropped by the "default" strategy
-        chat_template=CHAT_TEMPLATE,
-    )
+    return clip_processor(LlavaNextProcessor, image_processor)
 
 
 def tiny_next_config():

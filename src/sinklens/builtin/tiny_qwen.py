@@ -22,17 +22,8 @@ from __future__ import annotations
 from typing import Any
 
 from sinklens.hf.processors import image_only
-from sinklens.builtin.tiny_shared import (
-    TINY_SINK_DIM,
-    brightness_channel,
-    chat_template,
-    draw_blocks,
-    plant_text_sink,
-    plant_white_detector,
-    seeded,
-    tiny_text_config,
-    tiny_tokenizer,
-)
+from sinklens.builtin.tiny_shared import (TINY_SINK_DIM, brightness_channel, chat_template, draw_blocks,
+                                           plant_text_sink, plant_white_detector, seeded, tiny_text_config, tiny_tokenizer)
 
 PATCH = 14
 MERGE = 2

@@ -193,14 +193,7 @@ def build_toy_llava(
 
     # seeded: the projector's initialisation, for training runs
     model = seeded(lambda: LlavaForConditionalGeneration(config), 0)
-
-    embeddings = lm_state.pop("model.embed_tokens.weight")
-    # the <image> row is never looked up (image features replace it); give it the mean embedding
-    lm_state["model.embed_tokens.weight"] = torch.cat([embeddings, embeddings.mean(0, keepdim=True)])
-    state = {key.replace("model.", "model.language_model.", 1): value for key, value in lm_state.items()}
-    vision_state = dict(vision_state)
-    vision_state["embeddings.position_embeddings"] = position_table_at(vision_state, vision_config, IMAGE_SIZE)
-    state |= {f"model.vision_tower.{key}": value for key, value in vision_state.items()}
+    state = _pretrained_state(lm_state, vision_state, vision_config)
     if projector is True:
         projector = projector_path()
     if projector:
@@ -225,3 +218,14 @@ def build_toy_llava(
         )
     model.tie_weights()
     return model.eval(), processor
+
+
+def _pretrained_state(lm_state: dict[str, Any], vision_state: dict[str, Any], vision_config: Any) -> dict[str, Any]:
+    """SmolLM2's and DINOv2's weights under the LLaVA model's names (the <image> row added, positions resized)."""
+    embeddings = lm_state.pop("model.embed_tokens.weight")
+    # the <image> row is never looked up (image features replace it); give it the mean embedding
+    lm_state["model.embed_tokens.weight"] = torch.cat([embeddings, embeddings.mean(0, keepdim=True)])
+    state = {key.replace("model.", "model.language_model.", 1): value for key, value in lm_state.items()}
+    vision_state = dict(vision_state)
+    vision_state["embeddings.position_embeddings"] = position_table_at(vision_state, vision_config, IMAGE_SIZE)
+    return state | {f"model.vision_tower.{key}": value for key, value in vision_state.items()}

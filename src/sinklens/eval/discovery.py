@@ -87,6 +87,36 @@ def discover(
     The threshold on |x_d| / RMS(x) is `threshold`, or `threshold_fraction` of
     sqrt(d_model), or by default SPEC's 20.
     """
+    used = _threshold(loaded, threshold, threshold_fraction)
+    _check_scan(loaded, n_prompts, first_layer)
+    scanned = scan_prompts(loaded, runner, n_prompts, progress)
+    magnitudes, candidates, image = scanned["magnitudes"], scanned["candidates"], scanned["image"]
+    dims, prompt_share = ops.discover_sink_dims(magnitudes, candidates, threshold=used, first_layer=first_layer)
+    dims_list = list(dims) or [int(prompt_share.argmax())]
+    ceiling = math.sqrt(loaded.d_model)
+    return {
+        "model": loaded.name,
+        "sink_dims": list(dims),
+        "d_model": magnitudes.shape[-1],
+        "phi_ceiling_sqrt_d_model": round(ceiling, 3),
+        "threshold": round(used, 4),
+        "threshold_rule": f"{threshold_fraction:.4f} * sqrt(d_model)" if threshold_fraction is not None
+        else "absolute" if threshold is not None else "SPEC default (20)",
+        "first_layer": first_layer,
+        "n_prompts": n_prompts,
+        "rule": "massive (> threshold) at the first token or a delimiter in more than half of the layers "
+                "from first_layer on, in every prompt",  # fmt: skip
+        "candidate_dims": [{"dim": int(d), "share_of_prompts": float(prompt_share[d])}
+                           for d in prompt_share.argsort(descending=True)[:8]],  # fmt: skip
+        "per_layer": _per_layer(magnitudes, candidates, image, dims_list, used),
+        "tau_sweep_layers_from_first_layer": _sweep(magnitudes, image, dims_list, first_layer, ceiling),
+        "registry": loaded.sink_dims_source,
+        "registry_dims": list(loaded.sink_dims or ()),
+    }
+
+
+def _threshold(loaded: LoadedModel, threshold: float | None, threshold_fraction: float | None) -> float:
+    """The absolute threshold on |x_d| / RMS(x), checked against phi's ceiling sqrt(d_model)."""
     if threshold is not None and threshold_fraction is not None:
         raise ParameterError("give threshold or threshold_fraction, not both")
     ceiling = math.sqrt(loaded.d_model)
@@ -101,6 +131,10 @@ def discover(
             f"threshold {used:g} is at or above sqrt(d_model) = {ceiling:.1f}, which |x_d| / RMS(x) never exceeds; "
             "no dimension could pass it. Use a smaller threshold or threshold_fraction."
         )
+    return used
+
+
+def _check_scan(loaded: LoadedModel, n_prompts: int, first_layer: int) -> None:
     if isinstance(n_prompts, bool) or not isinstance(n_prompts, int) or n_prompts < 1:
         raise ParameterError(f"n_prompts (--prompts) must be an integer >= 1, got {n_prompts!r}")
     if isinstance(first_layer, bool) or not isinstance(first_layer, int) or not 0 <= first_layer < loaded.n_layers:
@@ -108,25 +142,23 @@ def discover(
             f"first_layer (--first-layer) must be in [0, {loaded.n_layers - 1}]: {loaded.name} has "
             f"{loaded.n_layers} layers, got {first_layer!r}"
         )
-    scanned = scan_prompts(loaded, runner, n_prompts, progress)
-    magnitudes, candidates, image = scanned["magnitudes"], scanned["candidates"], scanned["image"]
-    d_model = magnitudes.shape[-1]
-    dims, prompt_share = ops.discover_sink_dims(magnitudes, candidates, threshold=used, first_layer=first_layer)
-    massive = ops.massive_layers(magnitudes, candidates, used)  # [prompt, layer, d]
 
-    first = torch.zeros_like(candidates)
-    first[:, 0] = True  # prompts are unpadded here, so position 0 is the first token
-    dims_list = list(dims) or [int(prompt_share.argmax())]
-    index = torch.tensor(dims_list)
-    phi_first = magnitudes[:, :, 0][..., index].amax(-1)  # [prompt, layer]
+
+def _per_layer(
+    magnitudes: torch.Tensor, candidates: torch.Tensor, image: torch.Tensor, dims: list[int], used: float
+) -> list[dict[str, Any]]:
+    """Per layer: the top dimensions at the delimiters, phi of the first token and of the image tokens, the rest."""
+    massive = ops.massive_layers(magnitudes, candidates, used)  # [prompt, layer, d]
+    index = torch.tensor(dims)
+    phi_first = magnitudes[:, :, 0][..., index].amax(-1)  # [prompt, layer]; prompts are unpadded: 0 is the first token
     phi_image = magnitudes[..., index].amax(-1).masked_fill(~image[:, None, :], 0.0)  # [prompt, layer, pos]
     other = magnitudes.clone()
     other[..., index] = 0.0
-    per_layer = []
+    rows = []
     for layer in range(magnitudes.shape[1]):
         at_candidates = magnitudes[:, layer].masked_fill(~candidates[:, :, None], 0.0).amax(dim=1).mean(0)
         top = at_candidates.topk(3)
-        per_layer.append({
+        rows.append({
             "layer": layer,
             "top_dims_at_delimiters": [{"dim": int(d), "mean_max_magnitude": round(float(v), 3)}
                                        for v, d in zip(top.values, top.indices)],
@@ -134,33 +166,20 @@ def discover(
             "max_phi_image_tokens": round(float(phi_image[:, layer].amax()), 3),
             "n_image_tokens_over_threshold": float((phi_image[:, layer] > used).sum(-1).float().mean()),
             "max_other_dim_magnitude": round(float(other[:, layer].masked_fill(~candidates[:, :, None], 0.0).amax()), 3),
-            "share_of_prompts_massive": {str(d): float(massive[:, layer, d].float().mean()) for d in dims_list},
+            "share_of_prompts_massive": {str(d): float(massive[:, layer, d].float().mean()) for d in dims},
         })  # fmt: skip
-    ranked = prompt_share.argsort(descending=True)[:8]
-    phi = magnitudes[:, first_layer:][..., index].amax(-1)  # [prompt, layer, pos]; padding has phi 0
+    return rows
+
+
+def _sweep(magnitudes: torch.Tensor, image: torch.Tensor, dims: list[int], first_layer: int, ceiling: float) -> list[dict[str, float]]:
+    """`tau_sweep` over fractions of sqrt(d_model), on the layers from `first_layer`."""
+    phi = magnitudes[:, first_layer:][..., torch.tensor(dims)].amax(-1)  # [prompt, layer, pos]; padding has phi 0
     real = magnitudes[:, 0].abs().sum(-1) > 0
     fractions = (0.2, 0.25, PAPER_FRACTION, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     sweep = tau_sweep(phi.masked_fill(~real[:, None], 0.0), image, [f * ceiling for f in fractions])
     for row, fraction in zip(sweep, fractions):
         row["fraction_of_sqrt_d_model"] = round(fraction, 4)
-    return {
-        "model": loaded.name,
-        "sink_dims": list(dims),
-        "d_model": d_model,
-        "phi_ceiling_sqrt_d_model": round(ceiling, 3),
-        "threshold": round(used, 4),
-        "threshold_rule": f"{threshold_fraction:.4f} * sqrt(d_model)" if threshold_fraction is not None
-        else "absolute" if threshold is not None else "SPEC default (20)",
-        "first_layer": first_layer,
-        "n_prompts": n_prompts,
-        "rule": "massive (> threshold) at the first token or a delimiter in more than half of the layers "
-                "from first_layer on, in every prompt",  # fmt: skip
-        "candidate_dims": [{"dim": int(d), "share_of_prompts": float(prompt_share[d])} for d in ranked],
-        "per_layer": per_layer,
-        "tau_sweep_layers_from_first_layer": sweep,
-        "registry": loaded.sink_dims_source,
-        "registry_dims": list(loaded.sink_dims or ()),
-    }
+    return sweep
 
 
 def plot_discovery(result: dict[str, Any], path: Any) -> None:

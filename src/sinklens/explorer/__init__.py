@@ -31,7 +31,7 @@ import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from PIL import Image
@@ -42,7 +42,9 @@ from sinklens.models.images import ImageConversionWarning, rgb_images
 from sinklens.explorer.pack import QUANTISATION, pack_view
 from sinklens.explorer.record import record_run
 
-HEAD_MODES = ("auto", "all", "mean")
+# which heads a page keeps: every head, the layer mean, or every head when it fits the size budget
+HeadsStored = Literal["auto", "all", "mean"]
+HEAD_MODES: tuple[str, ...] = get_args(HeadsStored)
 PICTURE_SIDE = 336  # longest side of an image drawn under its grid, in pixels
 TOY_LLAVA_NOTE = (
     "toy-llava: no image token reaches phi 20 in any layer; at tau 16 sparse visual sinks appear in "
@@ -88,7 +90,7 @@ def explore(
     find: sl.FindSinks = sl.FindSinks(),
     var: sl.VAR | None = sl.VAR(),
     max_new_tokens: int = 16,
-    heads: str = "auto",
+    heads: HeadsStored = "auto",
     max_mb: float = 16.0,
 ) -> Explorer:
     """Run `model` on `image` (a PIL image, a path, or a list of them) and `prompt`; the explorer page.
@@ -178,6 +180,17 @@ def _token_text(tokenizer: Any, token_id: int) -> str:
     return tokenizer.decode([int(token_id)]).replace("\n", "⏎")
 
 
+def _view(loaded: Any, rec: Any, visual: torch.Tensor, *, per_head: bool) -> dict[str, Any]:
+    """One run's attention, packed over the visual and the text keys, with its generated tokens and answer."""
+    prompt_length = visual.shape[0]
+    text_keys = (~visual).nonzero().flatten().tolist() + [prompt_length + k for k in range(len(rec.generated))]
+    view = pack_view(rec, visual_keys=visual.nonzero().flatten().tolist(), text_keys=text_keys,
+                     prompt_length=prompt_length, per_head=per_head)  # fmt: skip
+    view["generated"] = [_token_text(loaded.tokenizer, t) for t in rec.generated]
+    view["answer"] = loaded.decode(torch.tensor(rec.generated, dtype=torch.long))
+    return view
+
+
 def _page_data(loaded: Any, inputs: Any, spans: Any, images: list[Image.Image], prompt: str, find: Any, var: Any,
                base: Any, edited: Any, *, heads: str, max_mb: float) -> dict[str, Any]:  # fmt: skip
     ids = inputs["input_ids"][0].tolist()
@@ -185,23 +198,13 @@ def _page_data(loaded: Any, inputs: Any, spans: Any, images: list[Image.Image], 
     visual = spans.mask[0].cpu()
     region = (spans.mask if spans.region is None else spans.region)[0].cpu()
     visual_keys = visual.nonzero().flatten().tolist()
-    prompt_text_keys = (~visual).nonzero().flatten().tolist()
     n_heads = base.rows.shape[2]
     runs = [("base", base)] + ([("var", edited)] if edited is not None else [])
     per_head_bytes = sum(
-        len(rec.queries) * loaded.n_layers * (n_heads + 1) * (len(visual_keys) + len(prompt_text_keys) + len(rec.generated))
-        for _, rec in runs
+        len(rec.queries) * loaded.n_layers * (n_heads + 1) * (prompt_length + len(rec.generated)) for _, rec in runs
     )
     per_head = heads == "all" or (heads == "auto" and per_head_bytes <= max_mb * 1e6)
-    tokenizer = loaded.tokenizer
-    views = {}
-    for name, rec in runs:
-        text_keys = prompt_text_keys + [prompt_length + k for k in range(len(rec.generated))]
-        view = pack_view(rec, visual_keys=visual_keys, text_keys=text_keys, prompt_length=prompt_length,
-                         per_head=per_head)  # fmt: skip
-        view["generated"] = [_token_text(tokenizer, t) for t in rec.generated]
-        view["answer"] = loaded.decode(torch.tensor(rec.generated, dtype=torch.long))
-        views[name] = view
+    views = {name: _view(loaded, rec, visual, per_head=per_head) for name, rec in runs}
     tau = find.threshold(loaded.d_model, loaded.default_tau)
     data = {
         "format": 1,
@@ -211,7 +214,7 @@ def _page_data(loaded: Any, inputs: Any, spans: Any, images: list[Image.Image], 
         "n_heads": n_heads,
         "heads_stored": "all" if per_head else "mean",
         "prompt_length": prompt_length,
-        "tokens": [_token_text(tokenizer, t) for t in ids],
+        "tokens": [_token_text(loaded.tokenizer, t) for t in ids],
         "kinds": ["visual" if visual[p] else "newline" if region[p] else "text" for p in range(prompt_length)],
         "visual_keys": visual_keys,
         "images": _layout(loaded, inputs, spans, images, visual_keys),

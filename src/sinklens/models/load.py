@@ -148,8 +148,16 @@ def load(
             model = model.to(device or "cpu")
         else:
             model = _dispatch(model, device_map, hf_kwargs.get("offload_folder"))
-        return from_hf(model, processor, name=name_or_path, attention=attention)
+    else:
+        model, processor = _from_pretrained(name_or_path, where, dtype, device, device_map, hf_kwargs)
+    return from_hf(model, processor, name=name_or_path, attention=attention)
 
+
+def _from_pretrained(
+    name_or_path: str, where: str, dtype: torch.dtype, device: str | torch.device | None,
+    device_map: str | Mapping[str, Any] | None, hf_kwargs: dict[str, Any],
+) -> tuple[Any, Any]:
+    """(model, processor) of a hub id or a local folder, its class checked against the catalogue before any weight."""
     import transformers
 
     if where == "hub":
@@ -165,5 +173,4 @@ def load(
     )
     if device_map is None:
         model = model.to(device or "cpu")
-    processor = load_processor(name_or_path, config.model_type)
-    return from_hf(model, processor, name=name_or_path, attention=attention)
+    return model, load_processor(name_or_path, config.model_type)
