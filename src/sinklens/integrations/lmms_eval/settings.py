@@ -24,6 +24,7 @@ import torch
 
 from sinklens.errors import ParameterError
 from sinklens.interventions import VAR, VCD, FindSinks
+from sinklens.interventions.params import Convention
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -44,7 +45,7 @@ class PluginSettings:
     summ: float = 0.2
     tau: float | None = None  # None: the model's registered tau, else 20 (FindSinks' rule)
     tau_fraction: float | None = None
-    convention: str = "paper"
+    convention: Convention = "paper"
     sink_dims: tuple[int, ...] | None = None
     vcd: bool = False
     vcd_alpha: float = 1.0
