@@ -117,7 +117,7 @@ def test_scratch_space_never_travels_and_findings_do(tiny, inputs):
     ctx.found.add("var", {"layer": 2})
     copy = pickle.loads(pickle.dumps(ctx))
     assert copy.scratch == {} and torch.equal(copy.sinks[2], ctx.sinks[2]) and copy.records == {"var": [{"layer": 2}]}
-    assert set(ctx.state()) == {"sinks", "phi", "records"}
+    assert set(ctx.state()) == {"sinks", "phi", "records", "positional"}
 
 
 def test_attention_contribution_keeps_its_rows_in_scratch_not_in_the_records(runner, inputs):

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import nnsight
@@ -60,8 +60,9 @@ from sinklens.models.catalogue import HookCatalogue
 from sinklens.models.loaded import LoadedModel
 from sinklens.run import (
     ForwardResult, GenerationResult, Members, Plan, PlanPoint, Recorder, RunContext, apply_point, begin,
-    finish_generation, make_context, module_weights, plan,
+    finish_generation, make_context, module_weights, ordered_hooks, plan,
 )
+from sinklens.run.prefixes import PrefixStore, Sharing, refusal
 
 __all__ = [
     "ForwardResult", "GenerationResult", "Located", "NnsightRunner", "RowSelection", "SelectRows", "attach", "locate",
@@ -197,6 +198,8 @@ def _select_rows(root: Any, where: SelectRows, ctx: RunContext) -> None:
     first = where.prefill_row if ctx.prefill else (0 if where.decoding else None)
     if first is None:
         return
+    if ctx.prefill:  # the call's query rows start at the first position the pass holds (a continuation: the suffix)
+        first = max(first - ctx.spec.first_position, 0)
     call = _envoy(root, where.module_path, f"the attention call of layer {where.layer}", where.source)
     args, kwargs = call.inputs
     call.inputs = (args, {**kwargs, FIRST_ROW: first})
@@ -298,16 +301,8 @@ class NnsightRunner:
         """One forward pass over the prompt with the stack applied."""
         remote = self.remote if remote is None else check_remote_argument(remote)
         run = begin(self.loaded, inputs, interventions)
-        ctx = run.ctx
-        model = self.model  # the block names only small objects: they are what a remote request ships
-        with self._shipping(remote):
-            located = locate(self.loaded.catalogue, plan(interventions, ctx), ctx, route=self.loaded.attention)
-            options = self._trace_options(remote)
-            with torch.no_grad(), model.trace(**run.inputs, **options):
-                state = nnsight.save(run_located(model, located, ctx))
-                logits = model.output.logits.save()
-        ctx.update(state)
-        return ForwardResult(logits=logits[: run.n_prompts], ctx=ctx)
+        logits, _ = self.trace(run.inputs, run.ctx, plan(interventions, run.ctx), remote=remote)
+        return ForwardResult(logits=logits[: run.n_prompts], ctx=run.ctx)
 
     def generate(
         self,
@@ -316,28 +311,70 @@ class NnsightRunner:
         *,
         max_new_tokens: int = 16,
         remote: Remote | None = None,
+        prefixes: PrefixStore | None = None,
     ) -> GenerationResult:
         """Greedy decoding with the KV cache; the stack acts in prefill and at every step.
 
         Runs exactly `max_new_tokens` steps with EOS suppressed (`min_new_tokens`),
         so both backends decode the same tokens; texts stop at the first EOS.
+
+        With `prefixes` (a `PrefixStore` of this stack), every distinct image
+        prefix is computed once, kept in the store, and each prompt continues
+        from its cache (`sinklens.run.prefixes`): the same logits, a fraction of
+        the work when images repeat. A stack with a member that is not
+        prefix-safe, or a remote run, goes prompt by prompt; `result.sharing` says
+        which happened and why.
         """
         remote = self.remote if remote is None else check_remote_argument(remote)
         run = begin(self.loaded, inputs, interventions)
-        ctx = run.ctx
+        sharing = None
+        if prefixes is not None:
+            prefixes.check(interventions)
+            reason = refusal(ordered_hooks(interventions, run.ctx), remote=remote is not False)
+            if not reason:
+                from sinklens.backends.shared_prefixes import generate_shared
+
+                return generate_shared(self, run, interventions, max_new_tokens, prefixes)
+            sharing = Sharing(False, prompts=len(run.inputs["input_ids"]), reason=reason)
+        store = self.decode(run.inputs, run.ctx, interventions, max_new_tokens, remote=remote)
+        return replace(finish_generation(self.loaded, run, store), sharing=sharing)
+
+    def trace(
+        self, inputs: Mapping[str, Tensor], ctx: RunContext, points: Plan, *, remote: Remote = False, **model_kwargs: Any
+    ) -> tuple[Tensor, Any]:
+        """One forward pass with a plan applied: (the logits, the model's KV cache when `use_cache=True` is given)."""
+        model = self.model  # the block names only small objects: they are what a remote request ships
+        keep_cache = bool(model_kwargs.get("use_cache"))
+        cache = None  # nnsight hands back only what the block saves
+        with self._shipping(remote):
+            located = locate(self.loaded.catalogue, points, ctx, route=self.loaded.attention)
+            options = self._trace_options(remote)
+            with torch.no_grad(), model.trace(**inputs, **model_kwargs, **options):
+                state = nnsight.save(run_located(model, located, ctx))
+                logits = model.output.logits.save()
+                if keep_cache:
+                    cache = model.output.past_key_values.save()
+        ctx.update(state)
+        return logits, cache
+
+    def decode(
+        self, inputs: Mapping[str, Tensor], ctx: RunContext, interventions: Members, steps: int, *,
+        remote: Remote = False, **model_kwargs: Any,
+    ) -> list[Tensor]:
+        """Greedy generation of `steps` tokens with the stack at every step: the logits each step chose from."""
         recorder = Recorder()
-        model, steps = self.model, max_new_tokens
+        model = self.model
         with self._shipping(remote):
             located = locate(self.loaded.catalogue, plan([interventions, recorder], ctx), ctx, route=self.loaded.attention)
             options = self._trace_options(remote)
             with torch.no_grad(), model.generate(
-                **run.inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
+                **inputs, **model_kwargs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
                 pad_token_id=self.loaded.tokenizer.pad_token_id, **options,
             ) as tracer:
                 state = nnsight.save(run_located(model, located, ctx, tracer=tracer, steps=steps))
                 store = nnsight.save(recorder.store)
         ctx.update(state)
-        return finish_generation(self.loaded, run, store)
+        return store
 
     # a local run (remote=False) does not enter the shipping layer at all
     def _shipping(self, remote: Remote) -> AbstractContextManager[None]:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -52,6 +52,7 @@ from sinklens.run import (
     CacheResult, ForwardResult, GenerationResult, Hook, Members, PlanPoint, Recorder, RunContext, apply_point, begin,
     finish_generation, make_context, module_weights, plan,
 )
+from sinklens.run.prefixes import PrefixStore, Sharing
 
 __all__ = [
     "CacheResult",
@@ -64,6 +65,10 @@ __all__ = [
 ]
 
 TLHook = tuple[str, Callable[..., Tensor | None]]
+NO_SHARED_PREFIXES = (
+    "the TransformerLens backend shares no image prefixes (bridge.generate starts every prompt from an empty "
+    "cache): each prompt ran whole; NnsightRunner shares them"
+)
 
 
 @dataclass(frozen=True)
@@ -252,8 +257,13 @@ class TransformerLensRunner:
         interventions: Members = (),
         *,
         max_new_tokens: int = 16,
+        prefixes: PrefixStore | None = None,
     ) -> GenerationResult:
         """Greedy decoding with the KV cache (`bridge.generate`); the stack acts in prefill and at every step.
+
+        Shares no image prefixes: `bridge.generate` starts every prompt from an
+        empty cache, so with `prefixes` each prompt still runs whole, and
+        `result.sharing` says so (the answers are the same; NnsightRunner shares).
 
         Runs exactly `max_new_tokens` steps, choosing with EOS suppressed as
         HF's `min_new_tokens` does, so both backends decode the same tokens.
@@ -275,7 +285,10 @@ class TransformerLensRunner:
                 # passed to the model on the prefill only (with the pixels); every later step is one position
                 logits_to_keep=1,
             )
-        return finish_generation(self.loaded, run, recorder.store)
+        result = finish_generation(self.loaded, run, recorder.store)
+        if prefixes is None:
+            return result
+        return replace(result, sharing=Sharing(False, prompts=len(run.inputs["input_ids"]), reason=NO_SHARED_PREFIXES))
 
 
 def _suppress_token(logits: Tensor, ctx: RunContext, *, token: int) -> Tensor:

@@ -60,6 +60,13 @@ def add_stack(command: argparse.ArgumentParser, *, var_default: bool) -> None:
     command.add_argument("--sink-dims", type=sink_dims, default=None, help="comma-separated; default: the model's known ones")
 
 
+def add_shared_prefix(command: argparse.ArgumentParser) -> None:
+    """--shared-prefix / --no-shared-prefix: each distinct image prefix computed once (the answers are the same)."""
+    command.add_argument("--shared-prefix", action=argparse.BooleanOptionalAction, default=True,
+                         help="compute each distinct image prefix once and continue every question from its cache "
+                              "(default on; the answers are the same either way)")  # fmt: skip
+
+
 def add_out(command: argparse.ArgumentParser, what: str) -> None:
     command.add_argument("--out", required=True, type=Path, help=what)
 

@@ -25,6 +25,7 @@ def add_arguments(evaluate: argparse.ArgumentParser) -> None:
     pope.add_argument("--vcd-alpha", type=float, default=1.0, help="VCD contrast strength (default: 1)")
     pope.add_argument("--vcd-beta", type=float, default=0.1, help="VCD plausibility cut-off (default: 0.1)")
     pope.add_argument("--max-new-tokens", type=int, default=3)
+    common.add_shared_prefix(pope)
     _add_resumable_out(pope, "pope")
     _add_data(pope, "a POPE question file as its authors publish it (JSON lines: question_id, image, text, label)")
 
@@ -38,6 +39,7 @@ def add_arguments(evaluate: argparse.ArgumentParser) -> None:
     vqa.add_argument("--n", type=int, default=None, help="the first n questions (default: all)")
     common.add_stack(vqa, var_default=False)
     vqa.add_argument("--max-new-tokens", type=int, default=10)
+    common.add_shared_prefix(vqa)
     _add_resumable_out(vqa, "vqa")
 
     captions = benchmarks.add_parser("captions", help="caption accuracy per attribute on held-out synthetic scenes")
@@ -48,6 +50,7 @@ def add_arguments(evaluate: argparse.ArgumentParser) -> None:
     captions.add_argument("--max-new-tokens", type=int, default=48)
     common.add_out(captions, "folder for captions.json")
     captions.add_argument("--batch-size", type=int, default=1, help="scenes per forward pass (default: 1)")
+    common.add_shared_prefix(captions)
 
 
 def _add_resumable_out(command: argparse.ArgumentParser, kind: str) -> None:
@@ -71,7 +74,7 @@ def _add_data(command: argparse.ArgumentParser, what: str, *, required: bool = F
 def _options(args: argparse.Namespace) -> Any:
     from sinklens.eval.loop import Options
 
-    return Options(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    return Options(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, share_prefixes=args.shared_prefix)
 
 
 def _eval_params(args: argparse.Namespace, lm: Any, find: Any) -> dict[str, Any]:

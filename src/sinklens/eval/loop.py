@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from sinklens.errors import ParameterError
 from sinklens.eval.folder import RunFolder
+from sinklens.run.prefixes import PrefixStore, Sharing
 
 if TYPE_CHECKING:
     from sinklens.models.loaded import LoadedModel
@@ -55,6 +56,9 @@ class Options:
     max_new_tokens: int
     batch_size: int = 1
     progress: bool = True
+    # compute each distinct image prefix once and continue every question from its cache (sinklens.run.prefixes);
+    # the answers are the same either way
+    share_prefixes: bool = True
 
     def __post_init__(self) -> None:
         check_batch_size(self.batch_size)
@@ -89,20 +93,55 @@ def prompt_template(loaded: LoadedModel) -> str:
     return loaded.prompt(1, QUESTION)
 
 
+@dataclass
+class SharingTally:
+    """How the questions of a run were answered: with shared image prefixes (how many computed), or why not."""
+
+    shared: bool = True
+    questions: int = 0
+    prefixes: int = 0
+    reason: str = ""
+
+    def count(self, sharing: Sharing | None, questions: int) -> None:
+        self.questions += questions
+        if sharing is None or not sharing.shared:
+            self.shared = False
+            self.reason = self.reason or (sharing.reason if sharing is not None else "--no-shared-prefix")
+        else:
+            self.prefixes += sharing.computed
+
+    def as_dict(self) -> dict[str, Any]:
+        """For the metrics file: shared or not, how many prefixes served how many questions (this run's), or why not."""
+        if not self.shared:
+            return {"shared": False, "questions": self.questions, "reason": self.reason}
+        return {"shared": True, "questions": self.questions, "prefixes": self.prefixes}
+
+
 def answers(
     loaded: LoadedModel, runner: Runner, items: Sequence[Item], interventions: Members, options: Options, *, desc: str,
-    total: int | None = None,
+    total: int | None = None, tally: SharingTally | None = None,
 ) -> Iterator[list[tuple[Item, str]]]:
-    """The answers to `items`, one batch of (item, answer) at a time, with a progress bar over `total` questions."""
+    """The answers to `items`, one batch of (item, answer) at a time, with a progress bar over `total` questions.
+
+    Items are asked in order, `batch_size` at a time; with `share_prefixes` a
+    store keeps the image prefixes of the current and the previous batch, so
+    consecutive questions about one image compute it once (a benchmark that
+    lists each image's questions together, as POPE does, gets every prefix
+    computed once). `tally` counts how.
+    """
     from tqdm.auto import tqdm
 
     total = len(items) if total is None else total
+    store = PrefixStore.for_stack(interventions, capacity=options.batch_size + 1) if options.share_prefixes else None
+    tally = tally if tally is not None else SharingTally()
     with tqdm(total=total, initial=total - len(items), desc=desc, disable=not options.progress) as bar:
         for start in range(0, len(items), options.batch_size):
             batch = items[start : start + options.batch_size]
             inputs = loaded.prepare_batch([(item.image(), item.text) for item in batch])
-            texts = runner.generate(inputs, interventions, max_new_tokens=options.max_new_tokens).texts
-            yield list(zip(batch, texts, strict=True))
+            kwargs = {"prefixes": store} if store is not None else {}
+            result = runner.generate(inputs, interventions, max_new_tokens=options.max_new_tokens, **kwargs)
+            tally.count(result.sharing if store is not None else None, len(batch))
+            yield list(zip(batch, result.texts, strict=True))
             bar.update(len(batch))
 
 
@@ -145,14 +184,16 @@ def _evaluate(
     folder.check(wanted)
     done = {row["id"]: row for row in folder.rows()}
     todo = [item for item in benchmark.items if item.id not in done]
-    for batch in answers(loaded, runner, todo, interventions, options, desc=benchmark.name, total=len(benchmark.items)):
+    tally = SharingTally()
+    for batch in answers(loaded, runner, todo, interventions, options, desc=benchmark.name, total=len(benchmark.items),
+                         tally=tally):  # fmt: skip
         rows = [benchmark.score(item, answer) for item, answer in batch]
         folder.append(rows)
         for row in rows:
             done[row["id"]] = row
             if on_example is not None:
                 on_example(row)
-    result = {**wanted, **benchmark.metrics([done[item.id] for item in benchmark.items])}
+    result = {**wanted, **benchmark.metrics([done[item.id] for item in benchmark.items]), "prefix_sharing": tally.as_dict()}
     folder.write_metrics(result)
     return result
 

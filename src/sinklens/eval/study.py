@@ -203,7 +203,8 @@ class Study:
             questions = pope.synthetic(split, n)
         with RunFolder(out, "pope", wait=True) as folder:  # another study on the same runs folder: wait for its rows
             result = evaluate(self.loaded, self.runner, questions, out=folder, interventions=list(interventions),
-                              options=Options(max_new_tokens=3, batch_size=settings.batch_size))  # fmt: skip
+                              options=Options(max_new_tokens=3, batch_size=settings.batch_size,
+                                              share_prefixes=settings.share_prefixes))  # fmt: skip
         keep = ("accuracy", "precision", "recall", "f1", "yes_ratio", "n")
         ids = [e.id for e in pope_questions(split, n)] if data is None else [item.id for item in questions.items]
         answered = pope.correct_answers(out, ids)

@@ -44,6 +44,7 @@ class StudySettings:
     suffix: str | None = None
     runs: Path | None = None
     questions: Benchmark | None = None  # --data's questions, read and checked whole
+    share_prefixes: bool = True  # POPE runs compute each distinct image prefix once (the answers are the same)
     own: argparse.Namespace = field(default_factory=argparse.Namespace)  # the study's own options (`extra`)
 
 
@@ -75,6 +76,9 @@ def _parser(name: str, description: str, *, n: int, smoke_n: int, scored: bool) 
     parser.add_argument("--batch-size", type=int, default=1,
                         help="POPE questions per generate call (default 1; the answers do not depend on it)"
                              if scored else "prompts per forward pass (default 1; the numbers do not depend on it)")  # fmt: skip
+    parser.add_argument("--shared-prefix", action=argparse.BooleanOptionalAction, default=True,
+                        help="POPE runs compute each distinct image prefix once and continue every question from its "
+                             "cache (default on; the answers are the same either way)")  # fmt: skip
     if scored:
         parser.add_argument("--data", type=Path, default=None,
                             help="a POPE question file as published (JSON lines: question_id, image, text, label); "
@@ -89,7 +93,7 @@ def _parser(name: str, description: str, *, n: int, smoke_n: int, scored: bool) 
 
 
 _COMMON = ("model", "attention", "remote", "out", "n", "smoke", "seed", "tau", "images", "question", "batch_size",
-           "data", "suffix", "runs")  # fmt: skip
+           "data", "suffix", "runs", "shared_prefix")  # fmt: skip
 
 
 def parse_args(name: str, description: str, *, n: int, smoke_n: int, argv: Sequence[str] | None = None,
@@ -113,7 +117,7 @@ def parse_args(name: str, description: str, *, n: int, smoke_n: int, argv: Seque
         name=name, out=args.out, model=model, n=count, smoke=args.smoke, seed=args.seed, tau=tau, tau_rule=tau_rule,
         question=question, batch_size=args.batch_size, images=args.images, image_files=image_files,
         data=getattr(args, "data", None), suffix=getattr(args, "suffix", None), runs=getattr(args, "runs", None),
-        questions=questions, own=own,
+        questions=questions, share_prefixes=args.shared_prefix, own=own,
     )  # fmt: skip
 
 

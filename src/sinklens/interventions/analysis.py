@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -71,6 +71,10 @@ class SinkAblation:
     number of keys removed per prompt.
     """
 
+    # shared image prefixes (sinklens.run.prefixes): masks keys for the text queries after the image only, with
+    # sinks found per token
+    prefix_safe: ClassVar[bool] = True
+
     keys: KeySet = "visual_sinks"
     positions: Sequence[int] | None = None
     layers: Sequence[int] | None = None
@@ -114,6 +118,10 @@ class RandomAblation:
     Drawn once on the prompt and reused while decoding. Records
     `ctx.records["random_ablation"]` (layer -> the drawn key mask, `[batch, pos]`).
     """
+
+    # shared image prefixes (sinklens.run.prefixes): its draw is made per prompt, over the prompt's own positions,
+    # in the pass that reaches the text queries: not declared safe until it is drawn from the prefix alone
+    prefix_safe: ClassVar[bool] = False
 
     seed: int = 0
     keys: KeySet = "visual_sinks"
@@ -179,6 +187,9 @@ class AttentionContribution:
       refused: the bias is no key's contribution.
     """
 
+    # shared image prefixes (sinklens.run.prefixes): reads the text queries' rows only
+    prefix_safe: ClassVar[bool] = True
+
     layers: Sequence[int] | None = None
 
     def hooks(self, ctx: RunContext) -> list[Hook]:
@@ -236,6 +247,9 @@ class HeadScores:
     same way). A head that gives a query no image attention scores r = 0 there.
     """
 
+    # shared image prefixes (sinklens.run.prefixes): reads the text queries' rows only
+    prefix_safe: ClassVar[bool] = True
+
     layers: Sequence[int] | None = None
 
     def hooks(self, ctx: RunContext) -> list[Hook]:
@@ -265,6 +279,10 @@ class AttentionMaps:
     `ctx.records["attention_maps"][l]`, `[batch, pos]` over every prompt key;
     `image_map(ctx, layers)` puts the image tokens on the patch grid.
     """
+
+    # shared image prefixes (sinklens.run.prefixes): reads the text queries' rows (or the prompt's last token)
+    # only
+    prefix_safe: ClassVar[bool] = True
 
     layers: Sequence[int] | None = None
     heads: Sequence[int] | None = None

@@ -50,6 +50,9 @@ class VCD:
     logits too. Defaults are VCD's: alpha 1, beta 0.1, noise step 500.
     """
 
+    # shared image prefixes (sinklens.run.prefixes): acts on the logits; its noised image is a prefix of its own
+    prefix_safe: ClassVar[bool] = True
+
     alpha: float = 1.0
     beta: float = 0.1
     noise_step: int = 500
@@ -83,6 +86,8 @@ class VCD:
         return {IMAGE_PASS: slice(0, half), NOISED_PASS: slice(half, 2 * half)}
 
     def hooks(self, ctx: RunContext) -> list[Hook]:
+        if ctx.spec.is_prefix:  # image prefixes alone: their logits are not used, so there is nothing to contrast
+            return []
         image = ctx.image.mask
         half = image.shape[0] // 2
         if image.shape[0] % 2 or not torch.equal(image[:half], image[half:]):
@@ -138,7 +143,8 @@ class LogitsHook:
     repeatable: ClassVar[bool] = True  # a user's function: several compose, in list order
 
     def hooks(self, ctx: RunContext) -> list[Hook]:
-        return [Hook("hook_logits", partial(_next_token_logits, fn=self.fn))]
+        # next-token logits only: nothing of a prompt's image prefix
+        return [Hook("hook_logits", partial(_next_token_logits, fn=self.fn), prefix_safe=True)]
 
 
 def _next_token_logits(logits: Tensor, ctx: RunContext, *, fn: LogitsFn) -> Tensor | None:

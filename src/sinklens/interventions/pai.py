@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 from functools import partial
 
 from torch import Tensor
@@ -31,6 +32,10 @@ class PAI:
     not checked against PAI's released code, which is not available here; set
     both explicitly to reproduce a published setting.
     """
+
+    # shared image prefixes (sinklens.run.prefixes): acts on the text queries after the last image only, none of
+    # them in the prefix
+    prefix_safe: ClassVar[bool] = True
 
     alpha: float = 0.5
     layers: Sequence[int] | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 from functools import partial
 
 from torch import Tensor
@@ -23,6 +24,10 @@ class SinkDimensionScan:
     memory small on wide models). Reads only; composes with anything.
     """
 
+    # shared image prefixes (sinklens.run.prefixes): per token: a prefix row's magnitudes depend on the prefix
+    # alone
+    prefix_safe: ClassVar[bool] = True
+
     layers: Sequence[int] | None = None
     dims: Sequence[int] | None = None
 
@@ -38,4 +43,4 @@ def _scan(resid: Tensor, ctx: RunContext, *, layer: int, dims: tuple[int, ...] |
     magnitudes = dimension_magnitudes(resid)
     if dims is not None:
         magnitudes = magnitudes[..., list(dims)]
-    ctx.found.add("scan", magnitudes.detach().cpu(), layer=layer)
+    ctx.found.add("scan", magnitudes.detach().cpu(), layer=layer, positions_from=ctx.held_from)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 from functools import partial
 
 from torch import Tensor
@@ -33,6 +34,10 @@ class FindSinks:
     ceiling of 64, but 0.83 of SmolLM2-135M's 24). With neither, the model's
     registered default applies (see `sinklens.models.sink_dims`), else tau = 20.
     """
+
+    # shared image prefixes (sinklens.run.prefixes): phi is per token: a prefix row's sinks depend on the prefix
+    # alone
+    prefix_safe: ClassVar[bool] = True
 
     dims: Sequence[int] | None = None
     tau: float | None = None
@@ -92,6 +97,7 @@ class FindSinks:
 
 def _find_sinks(resid: Tensor, ctx: RunContext, *, layer: int, dims: tuple[int, ...], tau: float, strict: bool) -> None:
     phi = sink_dimension_value(resid, dims)
-    ctx.found.add("phi", phi, layer=layer)
+    ctx.found.add("phi", phi, layer=layer, positions_from=ctx.held_from)
     # padding is never a sink
-    ctx.found.add("sinks", sink_mask(phi, tau, strict=strict) & ctx.attention_mask.to(phi.device), layer=layer)
+    mask = ctx.attention_mask[:, ctx.held_from : ctx.held_from + phi.shape[1]].to(phi.device)
+    ctx.found.add("sinks", sink_mask(phi, tau, strict=strict) & mask, layer=layer, positions_from=ctx.held_from)

@@ -93,12 +93,15 @@ class Edit:
 
     `Edit("blocks.2.hook_resid_post", fn)` is the same member as the pair
     `("blocks.2.hook_resid_post", fn)`; `writes=False` declares a function that
-    only reads (returning a tensor from it is then an error).
+    only reads (returning a tensor from it is then an error); `prefix_safe=True`
+    declares that what it does to a prompt's image prefix depends on that prefix
+    alone (see `sinklens.Hook`), so that runs may share the prefix.
     """
 
     names: str | Sequence[str]
     fn: HookFn
     writes: bool = True
+    prefix_safe: bool = False
     repeatable: ClassVar[bool] = True  # a user's function: several compose, in list order
 
     def __post_init__(self) -> None:
@@ -111,7 +114,7 @@ class Edit:
         return (self.names,) if isinstance(self.names, str) else tuple(self.names)
 
     def hooks(self, ctx: RunContext) -> list[Hook]:
-        return [Hook(name, self.fn, writes=self.writes) for name in self._names()]
+        return [Hook(name, self.fn, writes=self.writes, prefix_safe=self.prefix_safe) for name in self._names()]
 
 
 def _is_pair(member: tuple) -> bool:

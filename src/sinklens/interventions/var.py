@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal, get_args
+from typing import ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -47,6 +47,10 @@ class VAR:
       tokens that are not sinks, generated tokens included) or "both" (every
       non-sink key).
     """
+
+    # shared image prefixes (sinklens.run.prefixes): acts on the text queries after the last image only, none of
+    # them in the prefix
+    prefix_safe: ClassVar[bool] = True
 
     p: float = 0.6
     rho: float = 0.8

@@ -33,6 +33,7 @@ from sinklens.run.hooks import (
 )
 from sinklens.run.inputs import MultiPass, RunInputs, begin, expand_inputs, make_context, multi_pass
 from sinklens.run.plan import Plan, PlanPoint, apply_point, module_weights, plan
+from sinklens.run.prefixes import PrefixStore, Sharing
 from sinklens.run.protocol import Runner
 from sinklens.run.results import CacheResult, ForwardResult, GenerationResult, Recorder, finish_generation
 
@@ -51,12 +52,14 @@ __all__ = [
     "MultiPass",
     "Plan",
     "PlanPoint",
+    "PrefixStore",
     "QueryRows",
     "Recorder",
     "RunContext",
     "RunInputs",
     "RunSpec",
     "Runner",
+    "Sharing",
     "apply_point",
     "begin",
     "describe_hook",

@@ -63,18 +63,24 @@ class RunSpec:
     model_name: str | None = None
     # the batch rows of each pass when a member runs several (VCD: "image", "noised"); empty otherwise
     passes: Mapping[str, slice] = field(default_factory=dict)
+    # a continuation of cached image prefixes (sinklens.run.prefixes): the prompt position of the first row the
+    # prefill's tensors hold (the cache holds the positions before it); 0 for a whole prompt
+    first_position: int = 0
+    # the image prefixes alone, to be cached: the prompts go on after these positions, so no row is a query
+    is_prefix: bool = False
 
     @classmethod
     def of(
         cls, image: ImageSpans, attention_mask: Tensor, *, n_layers: int, sink_dims: tuple[int, ...] | None = None,
         d_model: int | None = None, default_tau: float | None = None, model_name: str | None = None,
-        passes: Mapping[str, slice] | None = None,
+        passes: Mapping[str, slice] | None = None, first_position: int = 0, is_prefix: bool = False,
     ) -> RunSpec:
         """The spec of a batch whose image spans are known (the text start is derived here, once)."""
         text_start = image.text_start
         return cls(image=image, attention_mask=attention_mask.bool(), n_layers=n_layers, text_start=text_start,
                    text_from=int(text_start.min()), sink_dims=sink_dims, d_model=d_model, default_tau=default_tau,
-                   model_name=model_name, passes=dict(passes or {}))  # fmt: skip
+                   model_name=model_name, passes=dict(passes or {}), first_position=first_position,
+                   is_prefix=is_prefix)  # fmt: skip
 
 
 @dataclass
@@ -91,14 +97,23 @@ class Findings:
     sinks: dict[int, Tensor] = field(default_factory=dict)
     phi: dict[int, Tensor] = field(default_factory=dict)
     records: dict[str, Any] = field(default_factory=dict)
+    positional: set[str] = field(default_factory=set)  # records laid out per prompt position (added with positions_from)
 
-    def add(self, name: str, value: Any, *, layer: int | None = None) -> None:
+    def add(self, name: str, value: Any, *, layer: int | None = None, positions_from: int | None = None) -> None:
         """Record what a member found: `name`'s entry for `layer` (set), or, without a layer, one more entry of `name`.
 
         "sinks" and "phi" are FindSinks' and are read as `ctx.sinks[l]` and
         `ctx.phi[l]`; every other name lands in `records`. A name holds either
-        per-layer entries or a list, never both.
+        per-layer entries or a list, never both. `positions_from` marks a value
+        laid out per prompt position (`[batch, pos, ...]`) that covers the
+        positions from there on (`ctx.held_from` at a residual point): it is
+        written into the entry that holds the positions before it (a
+        continuation of cached prefixes, whose prefix findings came first).
         """
+        if positions_from is not None and layer is not None:
+            value = self._positional(name, value, layer, positions_from)
+            if name not in PER_LAYER_FINDINGS:
+                self.positional.add(name)
         if name in PER_LAYER_FINDINGS:
             if layer is None:
                 raise HookContractError(f"findings.add({name!r}, ...) needs layer=: {name} are kept per layer")
@@ -116,15 +131,31 @@ class Findings:
         else:
             entries[layer] = value
 
+    def _positional(self, name: str, value: Tensor, layer: int, start: int) -> Tensor:
+        """`value` for the positions from `start`, written into the entry that holds the positions before it."""
+        if start == 0:
+            return value
+        table = getattr(self, name) if name in PER_LAYER_FINDINGS else self.records.get(name, {})
+        before = table.get(layer)
+        if before is None or before.shape[1] < start:
+            raise HookContractError(
+                f"findings.add({name!r}, layer={layer}, positions_from={start}): no entry holds the positions "
+                f"before {start}; a continuation starts from the findings of its prefixes"
+            )
+        out = before[:, :start].to(value.device, value.dtype)
+        return torch.cat([out, value], dim=1)
+
     def state(self) -> dict[str, Any]:
         """The findings as plain data (what a remote run sends back)."""
-        return {"sinks": dict(self.sinks), "phi": dict(self.phi), "records": dict(self.records)}
+        return {"sinks": dict(self.sinks), "phi": dict(self.phi), "records": dict(self.records),
+                "positional": sorted(self.positional)}  # fmt: skip
 
     def update(self, state: Mapping[str, Any]) -> None:
         """Take in what `state()` returned (from a remote run, or from another context)."""
         self.sinks.update(state["sinks"])
         self.phi.update(state["phi"])
         self.records.update(state["records"])
+        self.positional.update(state.get("positional", ()))
 
 
 @dataclass
@@ -198,8 +229,12 @@ class RunContext:
         self.cursor.step = step
 
     def enter_point(self, held_from: int) -> None:
-        """The runner: the tensor at the point about to run holds the query rows from prompt position `held_from`."""
-        self.cursor.held_from = held_from
+        """The runner: the tensor at the point about to run holds the query rows from prompt position `held_from`.
+
+        In a continuation of cached prefixes no tensor of the prefill holds a
+        row before `spec.first_position`.
+        """
+        self.cursor.held_from = max(held_from, self.spec.first_position)
 
     # ---- what hook functions ask
 
@@ -221,6 +256,8 @@ class RunContext:
         device = device or self.spec.image.mask.device
         if not self.prefill:
             return torch.ones(self.spec.image.mask.shape[0], query_length, dtype=torch.bool, device=device)
+        if self.spec.is_prefix:  # the prompts go on after these positions: the queries are not here
+            return torch.zeros(self.spec.image.mask.shape[0], query_length, dtype=torch.bool, device=device)
         positions = torch.arange(query_length, device=device)
         after_image = positions[None, :] >= self.spec.text_start.to(device)[:, None]
         return after_image & self.spec.attention_mask[:, :query_length].to(device)
@@ -240,6 +277,18 @@ class RunContext:
         start = max(self.spec.text_from - held_from, 0)
         queries = self.text_queries(held_from + n_rows, tensor.device)[:, held_from + start :]
         return QueryRows(start, queries)
+
+    def last_rows(self, tensor: Tensor) -> QueryRows:
+        """The rows of an attention tensor that are each prompt's last query: its last prompt position in prefill
+        (found by absolute position, so a pass over a cached prefix or a prefix alone has none), the new token
+        while decoding. `queries` marks, per prompt, its one row among those from `start`."""
+        rows = self.query_rows(tensor)
+        if not self.prefill:
+            return rows
+        positions = torch.arange(self.cursor.held_from + rows.start, self.cursor.held_from + tensor.shape[-2],
+                                 device=tensor.device)  # fmt: skip
+        last = self.spec.attention_mask.shape[-1] - 1  # left padding: every prompt ends at the last position
+        return QueryRows(rows.start, rows.queries & (positions == last)[None, :])
 
     def layer_sinks(self, layer: int, who: str) -> Tensor:
         """The sink set of `layer` that FindSinks left, or a clear error naming the fix."""

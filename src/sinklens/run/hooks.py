@@ -58,6 +58,15 @@ class Hook:
     then computes only those rows. Without it (a user's function, which may
     read any row) the rows route computes that layer's every row, eager's full
     pattern.
+
+    `prefix_safe=True` declares that what the function does to the rows of a
+    prompt's image prefix (the tokens up to its last image token), and what it
+    records of them, depends on that prefix alone, never on the question after
+    it: a run may then compute each distinct prefix once and continue every
+    question from its cache (`sinklens.run.prefixes`). A built-in's hooks take
+    the declaration of their intervention (its class attribute `prefix_safe`);
+    a user's own function is unsafe unless it says otherwise, and a stack with
+    an unsafe hook runs question by question.
     """
 
     name: str
@@ -66,6 +75,7 @@ class Hook:
     writes: bool = True
     weights: bool = False
     query_rows: bool = False
+    prefix_safe: bool = False
     member: str = ""
     occurrence: int | None = field(default=None, compare=False, repr=False)
 
@@ -113,8 +123,9 @@ def hooks_of(member: Member, ctx: RunContext) -> list[Hook]:
         if getattr(member, "repeatable", False):
             return hooks
         occurrence = next(_occurrences)
-        label = type(member).__name__
-        return [hook if hook.occurrence is not None else replace(hook, member=hook.member or label, occurrence=occurrence)
+        label, safe = type(member).__name__, bool(getattr(member, "prefix_safe", False))
+        return [hook if hook.occurrence is not None
+                else replace(hook, member=hook.member or label, occurrence=occurrence, prefix_safe=safe)
                 for hook in hooks]  # fmt: skip
     if isinstance(member, (list, tuple)):
         return [hook for inner in member for hook in hooks_of(inner, ctx)]
@@ -158,13 +169,26 @@ def ordered_hooks(members: Members | Member, ctx: RunContext) -> list[Hook]:
     return sorted(hooks, key=lambda hook: (hook.point.layer, hook.point.stage))
 
 
-def describe_hook(hook: Hook) -> str:
-    """'VAR's hook function _redistribute_pattern at 'blocks.3.attn.hook_pattern'', for messages."""
-    fn = hook.fn
+def unsafe_for_prefixes(hooks: Iterable[Hook]) -> list[str]:
+    """Who keeps a stack from sharing image prefixes: every member or user function not declared prefix-safe."""
+    names = []
+    for hook in hooks:
+        if not hook.prefix_safe:
+            name = hook.member or f"a user's function {_function_name(hook.fn)} at {hook.name!r}"
+            names.append(name)
+    return list(dict.fromkeys(names))
+
+
+def _function_name(fn: Callable[..., Any]) -> str:
     while isinstance(fn, partial):
         fn = fn.func
+    return getattr(fn, "__qualname__", repr(fn))
+
+
+def describe_hook(hook: Hook) -> str:
+    """'VAR's hook function _redistribute_pattern at 'blocks.3.attn.hook_pattern'', for messages."""
     owner = f"{hook.member}'s hook function" if hook.member else "hook function"
-    return f"{owner} {getattr(fn, '__qualname__', repr(fn))} at {hook.name!r}"
+    return f"{owner} {_function_name(hook.fn)} at {hook.name!r}"
 
 
 def resolve_layers(layers: Sequence[int] | None, n_layers: int, default: range) -> tuple[int, ...]:

@@ -1,7 +1,9 @@
 """`Runner`: what eval/, the studies and the CLI need from a backend's runner.
 
 `NnsightRunner` and `TransformerLensRunner` both satisfy it; so does any object
-with a `loaded` model and these two calls::
+with a `loaded` model and these two calls (`prefixes`, a `PrefixStore`, asks
+`generate` to share image prefixes where it can; `result.sharing` says whether it
+did)::
 
     def accuracy(runner: Runner, inputs, stack) -> str:
         return runner.generate(inputs, stack, max_new_tokens=8).texts[0]
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from torch import Tensor
 
 from sinklens.run.hooks import Members
+from sinklens.run.prefixes import PrefixStore
 from sinklens.run.results import ForwardResult, GenerationResult
 
 if TYPE_CHECKING:
@@ -30,5 +33,6 @@ class Runner(Protocol):
     def forward(self, inputs: Mapping[str, Tensor], interventions: Members = ()) -> ForwardResult: ...
 
     def generate(
-        self, inputs: Mapping[str, Tensor], interventions: Members = (), *, max_new_tokens: int = 16
+        self, inputs: Mapping[str, Tensor], interventions: Members = (), *, max_new_tokens: int = 16,
+        prefixes: PrefixStore | None = None,
     ) -> GenerationResult: ...

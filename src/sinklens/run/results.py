@@ -13,6 +13,7 @@ from torch import Tensor
 from sinklens.run.context import RunContext
 from sinklens.run.hooks import Hook
 from sinklens.run.inputs import RunInputs
+from sinklens.run.prefixes import Sharing
 
 if TYPE_CHECKING:
     from sinklens.models.loaded import LoadedModel
@@ -41,6 +42,7 @@ class GenerationResult:
     step_logits: Tensor  # [batch, step, vocab], the logits each step chose from (before EOS suppression)
     texts: list[str]
     ctx: RunContext
+    sharing: Sharing | None = None  # with a PrefixStore: whether image prefixes were shared, and how (or why not)
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class Recorder:
     repeatable = True  # the runner's own reader, not a user's member
 
     def hooks(self, ctx: RunContext) -> list[Hook]:
-        return [Hook("hook_logits", partial(_keep_last_logits, store=self.store), writes=False)]
+        return [Hook("hook_logits", partial(_keep_last_logits, store=self.store), writes=False, prefix_safe=True)]
 
 
 def _keep_last_logits(logits: Tensor, ctx: RunContext, *, store: list[Tensor]) -> None:
