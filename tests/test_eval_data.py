@@ -155,6 +155,31 @@ def test_bad_pope_data_is_refused_naming_file_and_line_before_any_compute(case, 
     assert sorted(p.name for p in out.iterdir()) == ["pope.jsonl"]  # no lock, no settings: nothing touched
 
 
+@pytest.mark.slow  # two whole eval runs
+def test_eval_pope_gives_the_same_answers_with_and_without_shared_prefixes(tmp_path, capsys):
+    """Six questions about each of two images and one about a third, batch 4: each image's prefix computed once,
+    the rows (order, ids, answers) those of `--no-shared-prefix`, and pope.json says how it went."""
+    images = tmp_path / "val2014"
+    names = _images(images, 3)
+    objects = ["red circle", "green box", "person", "dog", "blue disk", "star"]
+    lines = [{"question_id": 10 * k + j, "image": names[k], "text": f"Is there a {objects[j]} in the image?",
+              "label": "yes" if j % 2 == 0 else "no"} for k in range(2) for j in range(6)]  # fmt: skip
+    lines.append({"question_id": 99, "image": names[2], "text": "Is there a dog in the image?", "label": "no"})
+    data = tmp_path / "coco_pope_six.json"
+    data.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    common = ["eval", "pope", "--model", "tiny-llava", "--data", str(data), "--images", str(images), "--var",
+              "--batch-size", "4", "--max-new-tokens", "4"]  # fmt: skip
+    assert main([*common, "--out", str(tmp_path / "shared")]) == 0
+    assert main([*common, "--no-shared-prefix", "--out", str(tmp_path / "whole")]) == 0
+    shared, whole = _rows(tmp_path / "shared"), _rows(tmp_path / "whole")
+    assert [row["id"] for row in shared] == [str(line["question_id"]) for line in lines]
+    assert shared == whole
+    metrics = {kind: json.loads((tmp_path / kind / "pope.json").read_text()) for kind in ("shared", "whole")}
+    assert metrics["shared"]["prefix_sharing"] == {"shared": True, "questions": 13, "prefixes": 3}
+    assert metrics["whole"]["prefix_sharing"] == {"shared": False, "questions": 13, "reason": "--no-shared-prefix"}
+    capsys.readouterr()
+
+
 def test_a_latin1_question_file_is_refused_naming_the_line_and_the_encoding(tmp_path, capsys):
     """A POPE file saved as Latin-1 ("café"): a sinklens error naming the file, the line and UTF-8, in the API and
     the CLI (exit 2, one line, before the model loads); a VQA file the same."""

@@ -107,6 +107,24 @@ def test_generate_gives_the_answers_of_one_full_length_run_per_prompt(monkeypatc
     assert calls[0] == (3, 2) and calls[-1][1] <= 9 and len(calls) >= 2
 
 
+def test_requests_about_one_image_are_asked_together_and_share_its_prefix():
+    """by_image groups the requests by image content (first-seen order); runs.generate with a store computes each
+    image's prefix once, reruns included, and answers as without it."""
+    from sinklens.data.scenes import scene
+    from sinklens.run import PrefixStore
+
+    lm, runner = loaded("tiny-llava"), runner_for("tiny-llava")
+    demo, other = demo_scene("tiny-llava"), scene("heldout", 2).image()
+    examples = {0: (demo, QUESTIONS[0]), 1: (other, QUESTIONS[0]), 2: (demo.copy(), QUESTIONS[1]), 3: ([other], QUESTIONS[2])}
+    assert runs.by_image(examples) == [0, 2, 1, 3]  # a copy is the same image; one image in a list is that image
+    ordered = [examples[i] for i in runs.by_image(examples)]
+    stack = [sl.FindSinks(), sl.VAR()]
+    store = PrefixStore.for_stack(stack)
+    shared = runs.generate(lm, runner, stack, ordered, max_new_tokens=12, prefixes=store)
+    assert shared == runs.generate(lm, runner, stack, ordered, max_new_tokens=12)
+    assert store.computed == 2  # two images: the first 8-step run computed both, the longer rerun reused them
+
+
 # -- log-likelihood ----------------------------------------------------------------------------------
 
 

@@ -53,8 +53,8 @@ def generate_shared(
     layout = continuation(parts, loaded.tokenizer.pad_token_id)
     ctx = _continuation_context(runner, run, layout, prefixes)
     cache = DynamicCache(ddp_cache_data=stack_kv(prefixes, layout.cached), config=loaded.model.config)
-    continue_positions(loaded.model, layout)
-    logits = runner.decode(layout.inputs, ctx, interventions, steps, past_key_values=cache)
+    positions = continue_positions(loaded.model, layout)
+    logits = runner.decode(layout.inputs, ctx, interventions, steps, past_key_values=cache, **positions)
     result = finish_generation(loaded, RunInputs(layout.inputs, run.n_prompts, ctx), logits)
     return replace(result, sharing=Sharing(True, prompts=len(parts), computed=len(missing), reused=len(parts) - len(missing)))
 

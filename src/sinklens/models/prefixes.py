@@ -152,21 +152,26 @@ def continuation(parts: Sequence[PromptParts], pad_token_id: int) -> Continuatio
     return Continuation(inputs, images, cached, tuple(part.prefix_length for part in parts))
 
 
-def continue_positions(model: Any, layout: Continuation) -> None:
-    """Set what a model keeps between calls so that the continuation's positions are the whole prompt's.
+def continue_positions(model: Any, layout: Continuation) -> dict[str, Tensor]:
+    """What makes a continuation's positions the whole prompt's: keyword arguments for `generate`, or model state.
 
-    Qwen2-VL keeps `rope_deltas` (multimodal rotary positions: the text after an
-    image continues from the image's largest position) from its last prefill;
-    here they are computed for this batch's full prompts. Models with plain
-    positions need nothing: generation counts the unmasked tokens.
+    Plain rotary positions count each prompt's real tokens: the continuation
+    passes them explicitly (`position_ids`, from the mask), since a gap of
+    padding inside a row would otherwise be counted (nnsight counts a row with
+    a gap from its first position). Qwen2-VL keeps `rope_deltas` (multimodal
+    rotary positions: the text after an image continues from the image's
+    largest position) from its last prefill; here they are computed for this
+    batch's full prompts, and generation counts from them.
     """
+    inputs = layout.inputs
     inner = getattr(model, "model", None)
     if not (hasattr(inner, "get_rope_index") and hasattr(inner, "rope_deltas")):
-        return
-    inputs = layout.inputs
+        mask = inputs["attention_mask"].long()
+        return {"position_ids": (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)}
     extra = {key: inputs[key] for key in ("mm_token_type_ids",) if key in inputs}
     _, deltas = inner.get_rope_index(
         inputs["input_ids"], image_grid_thw=layout.images.get("image_grid_thw"), attention_mask=inputs["attention_mask"],
         **extra,
     )  # fmt: skip
     inner.rope_deltas = deltas
+    return {}

@@ -35,9 +35,12 @@ from lmms_eval.api.instance import GenerationResult, Instance, unwrap_generation
 from lmms_eval.api.model import lmms
 from sinklens.errors import ParameterError, UnsupportedError
 from sinklens.integrations.lmms_eval import runs
+from sinklens.integrations.lmms_eval.runs import by_image
 from sinklens.integrations.lmms_eval.settings import PluginSettings, parse_model_args
+from sinklens.run import PrefixStore
 
 DEFAULT_MAX_NEW_TOKENS = 1024
+IMAGE_WINDOW = 8  # batches of requests read ahead to ask the questions about one image together
 IMAGE_PLACEHOLDER = "<image>"  # some tasks write it into their text; the chat template places the images
 
 
@@ -132,31 +135,42 @@ class SinklensLMM(lmms):
                 )
         return [visual.convert("RGB") for visual in visuals]
 
+    def _example(self, request: Instance) -> tuple[list[Image.Image], str]:
+        context, _, doc_to_visual, doc_id, task, split = request.args
+        return self._images(doc_to_visual, task, split, doc_id), self._text(context)
+
     @staticmethod
     def _text(context: str) -> str:
         # the chat template puts the images before the text, so a literal placeholder would be a second image
         return context.replace(IMAGE_PLACEHOLDER, "").strip() if IMAGE_PLACEHOLDER in context else context
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
-        """Greedy answers, batch_size at a time, grouped by (max_new_tokens, until)."""
+        """Greedy answers, batch_size at a time, grouped by (max_new_tokens, until), then by image.
+
+        Within a window of requests (`IMAGE_WINDOW` batches) the requests about
+        one image are asked together, and a `PrefixStore` keeps each image's
+        prefix, so it is computed once (`shared_prefix=false` turns this off);
+        the answers go back in the requests' order, and do not depend on it.
+        """
         groups: dict[tuple[int, tuple[str, ...]], list[int]] = defaultdict(list)
         for index, request in enumerate(requests):
             gen_kwargs = dict(request.args[1] or {})
             groups[(self._max_new_tokens(gen_kwargs), self._until(gen_kwargs))].append(index)
         answers: list[str] = [""] * len(requests)
         bar = tqdm(total=len(requests), disable=self.rank != 0, desc="sinklens answering")
+        store = PrefixStore.for_stack(self.stack, capacity=self.batch_size + 1) if self.settings.shared_prefix else None
+        window = IMAGE_WINDOW * self.batch_size
         for (max_new_tokens, until), indices in groups.items():
-            for start in range(0, len(indices), self.batch_size):
-                chunk = indices[start:start + self.batch_size]
-                examples = []
-                for index in chunk:
-                    context, _, doc_to_visual, doc_id, task, split = requests[index].args
-                    examples.append((self._images(doc_to_visual, task, split, doc_id), self._text(context)))
-                texts = runs.generate(self.loaded, self.runner, self.stack, examples,
-                                      max_new_tokens=max_new_tokens, stops=until)  # fmt: skip
-                for index, text in zip(chunk, texts):
-                    answers[index] = text
-                bar.update(len(chunk))
+            for window_start in range(0, len(indices), window):
+                examples = {index: self._example(requests[index]) for index in indices[window_start:window_start + window]}
+                ordered = by_image(examples) if store is not None else list(examples)
+                for start in range(0, len(ordered), self.batch_size):
+                    chunk = ordered[start:start + self.batch_size]
+                    texts = runs.generate(self.loaded, self.runner, self.stack, [examples[i] for i in chunk],
+                                          max_new_tokens=max_new_tokens, stops=until, prefixes=store)  # fmt: skip
+                    for index, text in zip(chunk, texts):
+                        answers[index] = text
+                    bar.update(len(chunk))
         bar.close()
         logger.info(f"sinklens: rank {self.rank} of {self.world_size} answered {len(requests)} generate_until requests")
         return answers

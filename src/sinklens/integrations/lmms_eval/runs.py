@@ -10,6 +10,7 @@ Python values, so they are tested on their own as well as through lmms-eval.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from torch import Tensor
 from PIL import Image
 
 from sinklens import LoadedModel
+from sinklens.run import PrefixStore
 
 Images = Any  # one PIL image, or several shown in one prompt (in order), as LoadedModel.prepare_batch takes them
 
@@ -43,6 +45,7 @@ def generate(
     *,
     max_new_tokens: int,
     stops: Sequence[str] = (),
+    prefixes: PrefixStore | None = None,
 ) -> list[str]:
     """Greedy answers of `runner.generate` for a batch, cut at EOS and at the first stop string.
 
@@ -52,13 +55,16 @@ def generate(
     on the steps before it, so the first k tokens of a k-step run are those of
     the full run: decode `FIRST_STEPS` steps, keep every answer that has ended
     (EOS or a stop string), and decode the rest again with twice the steps, up
-    to `max_new_tokens`. The answers are the full run's answers.
+    to `max_new_tokens`. The answers are the full run's answers. With
+    `prefixes` (a `PrefixStore` of the stack) each image prefix is computed
+    once, and the longer reruns continue from it too.
     """
     answers: list[str | None] = [None] * len(examples)
     todo = list(range(len(examples)))
     steps = min(FIRST_STEPS, max_new_tokens)
     while todo:
-        result = runner.generate(loaded.prepare_batch([examples[i] for i in todo]), stack, max_new_tokens=steps)
+        kwargs = {"prefixes": prefixes} if prefixes is not None else {}
+        result = runner.generate(loaded.prepare_batch([examples[i] for i in todo]), stack, max_new_tokens=steps, **kwargs)
         still = []
         for i, tokens, text in zip(todo, result.tokens, result.texts):
             cut = cut_at_stops(text, stops)
@@ -68,6 +74,23 @@ def generate(
                 still.append(i)
         todo, steps = still, min(2 * steps, max_new_tokens)
     return [answer for answer in answers if answer is not None]
+
+
+def image_key(images: Images) -> str:
+    """A key equal for equal images (mode, size and pixels), one image or several in order."""
+    digest = hashlib.sha256()
+    for image in images if isinstance(images, (list, tuple)) else [images]:
+        digest.update(f"{image.mode}:{image.size}:".encode())
+        digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+def by_image(examples: Mapping[int, tuple[Images, str]]) -> list[int]:
+    """The indices of `examples`, those about the same image(s) together, in the order each image first comes."""
+    groups: dict[str, list[int]] = {}
+    for index, (images, _) in examples.items():
+        groups.setdefault(image_key(images), []).append(index)
+    return [index for group in groups.values() for index in group]
 
 
 def continuation_ids(loaded: LoadedModel, prompt: str, continuation: str) -> list[int]:

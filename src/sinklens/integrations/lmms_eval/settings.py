@@ -50,7 +50,8 @@ class PluginSettings:
     vcd: bool = False
     vcd_alpha: float = 1.0
     vcd_beta: float = 0.1
-    # running
+    # running: requests about one image compute its prefix once (sinklens.run.prefixes; the answers are the same)
+    shared_prefix: bool = True
     batch_size: int = 1
     dtype: str = "float32"
     device: str | None = None  # default: the accelerator's device of this process (cuda:N, else cpu)
@@ -73,7 +74,7 @@ class PluginSettings:
 
 
 KNOWN = tuple(f.name for f in fields(PluginSettings))
-_BOOLS = {"var", "vcd"}
+_BOOLS = {"var", "vcd", "shared_prefix"}
 _FLOATS = {"rho", "p", "summ", "tau", "tau_fraction", "vcd_alpha", "vcd_beta"}
 
 
