@@ -45,13 +45,21 @@ two agree on the greedy token at every decoding step measured; both figures
 are reported with the relative size (difference / max |logit|). In float32
 (`--dtypes float32`) the difference is reported against 1e-4 (TF32 off).
 
+The eval arm (`--eval`): a whole POPE-shaped split, `--eval-images` images
+(500, as a POPE split) x 6 questions, 3 new tokens each, on the same model in
+bfloat16 with FindSinks + VAR on the rows route, `--eval-batch` questions per
+call: once with shared image prefixes (`NnsightRunner.generate(...,
+prefixes=store)`, as `sinklens eval` runs by default) and once question by
+question. It reports the wall time and examples/s of both and whether every
+answer agrees (the goal: a whole split in at most 60 s on one H200).
+
 Run on a GPU (about 16 GB per dtype for the weights):
 
-    python benchmarks/gpu_scale.py [--dtypes float16,bfloat16] [--repeats 10] [--out FILE]
+    python benchmarks/gpu_scale.py [--dtypes float16,bfloat16] [--repeats 10] [--eval] [--out FILE]
 
 and at reduced size on a CPU (what tests/test_gpu_scale.py runs):
 
-    python benchmarks/gpu_scale.py --smoke --device cpu --dtypes float32,bfloat16
+    python benchmarks/gpu_scale.py --smoke --device cpu --dtypes float32,bfloat16 --eval --eval-images 2
 """
 
 from __future__ import annotations
@@ -68,9 +76,13 @@ from torch import Tensor
 
 from routes import (
     FULL, SMOKE, Size, build_inputs, build_model, decode_arms, measure, prefill_arms, prefill_cache, routes, sinks_found,
-    summary, var_stack,
+    summary, sync, var_stack,
 )
+from shared_prefix import NEW_TOKENS, llava_batch, llava_model_and_prompts, llava_runner
 from timing import emit
+
+import sinklens as sl
+from sinklens.run import PrefixStore
 
 HALF_FACTOR = 2.0  # rows-vs-eager VAR difference allowed, as a multiple of plain sdpa-vs-eager
 FLOAT32_TOLERANCE = 1e-4
@@ -130,11 +142,43 @@ def run_dtype(
     }
 
 
+def eval_split(size: Size, device: str, images: int, batch: int) -> dict[str, Any]:
+    """A POPE-shaped split in bfloat16 with FindSinks + VAR on the rows route: shared prefixes, then whole prompts."""
+    loaded, prompts = llava_model_and_prompts(size, images, torch.bfloat16, device, attention="rows")
+    runner = llava_runner(loaded)
+    stack = [sl.FindSinks(dims=(size.sink_dim,), tau=size.tau), sl.VAR()]
+    report: dict[str, Any] = {"images": images, "questions": len(prompts), "batch": batch, "dtype": "bfloat16",
+                              "attention": "rows", "new_tokens": NEW_TOKENS}  # fmt: skip
+    answers = {}
+    for arm in ("shared", "whole"):
+        store = PrefixStore.for_stack(stack, capacity=batch + 1) if arm == "shared" else None
+        kwargs = {"prefixes": store} if store is not None else {}
+        sync(device)
+        started = time.perf_counter()
+        tokens: list[list[int]] = []
+        for start in range(0, len(prompts), batch):
+            inputs = llava_batch(prompts[start : start + batch])
+            tokens += runner.generate(inputs, stack, max_new_tokens=NEW_TOKENS, **kwargs).tokens
+        sync(device)
+        seconds = time.perf_counter() - started
+        answers[arm] = tokens
+        report[arm] = {"seconds": round(seconds, 2), "examples_per_second": round(len(prompts) / seconds, 2)}
+        _log(f"eval {arm}: {seconds:.1f}s for {len(prompts)} questions")
+    report["speedup"] = round(report["whole"]["seconds"] / report["shared"]["seconds"], 3)
+    report["same_answers"] = answers["shared"] == answers["whole"]
+    report["agreeing_answers"] = sum(a == b for a, b in zip(answers["shared"], answers["whole"]))
+    report["goal_whole_split_s"] = 60.0
+    return report
+
+
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run(*, dtypes: list[str], device: str, smoke: bool, repeats: int, decode_repeats: int) -> dict[str, Any]:
+def run(
+    *, dtypes: list[str], device: str, smoke: bool, repeats: int, decode_repeats: int, eval_images: int = 0,
+    eval_batch: int = 16,
+) -> dict[str, Any]:
     import nnsight
     import transformers
 
@@ -158,6 +202,9 @@ def run(*, dtypes: list[str], device: str, smoke: bool, repeats: int, decode_rep
         model = build_model(size, dtype, device) if model is None else model.to(dtype)
         _log(f"{name}: model ready after {time.perf_counter() - started:.0f}s")
         report["dtypes"][name] = run_dtype(model, dtype, device, repeats, decode_repeats, size)
+    if eval_images:
+        del model
+        report["eval"] = eval_split(size, device, eval_images, eval_batch)
     report["total_s"] = round(time.perf_counter() - started, 1)
     return report
 
@@ -169,6 +216,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="reduced size, for a CPU run")
     parser.add_argument("--repeats", type=int, default=10, help="timed prefill rounds per arm (after 2 warm-up)")
     parser.add_argument("--decode-repeats", type=int, default=20, help="timed decoding steps per arm (after 2 warm-up)")
+    parser.add_argument("--eval", action="store_true", help="also the eval arm: a POPE-shaped split, shared vs whole")
+    parser.add_argument("--eval-images", type=int, default=500, help="images of the eval arm, 6 questions each (500)")
+    parser.add_argument("--eval-batch", type=int, default=16, help="questions per generate call in the eval arm (16)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
@@ -179,7 +229,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--device cuda: no CUDA device here; run with --smoke --device cpu for the reduced CPU run")
     if args.repeats < 1 or args.decode_repeats < 1:
         parser.error("--repeats and --decode-repeats must be at least 1")
-    report = run(dtypes=dtypes, device=args.device, smoke=args.smoke, repeats=args.repeats, decode_repeats=args.decode_repeats)
+    report = run(dtypes=dtypes, device=args.device, smoke=args.smoke, repeats=args.repeats,
+                 decode_repeats=args.decode_repeats, eval_images=args.eval_images if args.eval else 0,
+                 eval_batch=args.eval_batch)  # fmt: skip
     emit(report, args.out)
 
 

@@ -244,7 +244,7 @@ def decode_arms(made: dict[str, Route], inputs: dict[str, Tensor], size: Size, o
 # ---- measuring --------------------------------------------------------------------------------
 
 
-def _sync(device: str) -> None:
+def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 
@@ -261,10 +261,10 @@ def measure(arms: dict[str, Arm], repeats: int, warmup: int, device: str) -> dic
             arms[name].route.activate()
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             last[name] = arms[name].run()
-            _sync(device)
+            sync(device)
             elapsed = time.perf_counter() - start
             if device.startswith("cuda"):
                 peak[name] = max(peak[name], torch.cuda.max_memory_allocated())

@@ -65,3 +65,11 @@ def test_var_overhead_routes_section_at_smoke_size():
     assert data["var_arithmetic"]["prefill"]["pattern_rows"] == 70  # the 70 text tokens after the image
     keys = {key: [case, ratio] for key, (case, ratio) in var_overhead.ROUTE_KEYS.items()}
     assert set(keys) == {"rows_prefill_ratio", "rows_decode_ratio", "eager_prefill_ratio", "eager_decode_ratio"}
+
+
+def test_the_eval_arm_answers_a_split_shared_and_whole_alike_at_smoke_size():
+    """The eval arm (a POPE-shaped split, bf16, FindSinks + VAR on the rows route) runs on a CPU: both arms answer
+    every question, with the same answers, and the report has its keys."""
+    result = gpu_scale.eval_split(routes.SMOKE, "cpu", images=2, batch=4)
+    assert result["questions"] == 12 and result["same_answers"] and result["agreeing_answers"] == 12
+    assert result["shared"]["seconds"] > 0 and result["whole"]["examples_per_second"] > 0 and result["speedup"] > 0
