@@ -18,7 +18,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-from oracle_var import OracleVAR
+from oracle_var import OracleVAR, language_model
 
 PatternEdit = Callable[[int, torch.Tensor], torch.Tensor]  # (layer, probs [1, head, q, k]) -> probs
 
@@ -68,7 +68,7 @@ AttentionMaskInterface.register("sinklens_stack_oracle", eager_mask)
 def install(model, oracle: OracleStack, var: OracleVAR | None = None) -> None:
     """Run `oracle` in `model`'s language model; with `var`, find its sinks at every layer input."""
     model.config.text_config._attn_implementation = "sinklens_stack_oracle"
-    for layer_index, layer in enumerate(model.model.language_model.layers):
+    for layer_index, layer in enumerate(language_model(model).layers):
         layer.self_attn._sinklens_stack_oracle = oracle
         if var is not None:
 
@@ -85,4 +85,4 @@ def scale_layer_output(model, layer: int, factor: float) -> None:
     def hook(module, args, output):
         return output * factor
 
-    model.model.language_model.layers[layer].register_forward_hook(hook)
+    language_model(model).layers[layer].register_forward_hook(hook)

@@ -55,10 +55,16 @@ class OracleVAR:
         oracle.first_query = [max(positions) + 1 for positions in oracle.image_positions]
         return oracle
 
+    # the sequence length so far (prompt, then one more per decoding step): a sliding-window layer's keys are its
+    # last positions
+    length: int = 0
+
     # -- the image tokens of each example, from what the language model receives on the prompt
     def read_images(self, inputs_embeds: torch.Tensor, newline: torch.Tensor | None) -> None:
         if inputs_embeds.shape[1] == 1:  # a decoding step
+            self.length += 1
             return
+        self.length = inputs_embeds.shape[1]
         self.image_positions, self.first_query = [], []
         for b, ids in enumerate(self.input_ids):
             region = [j for j, token in enumerate(ids) if token == self.image_token_id]
@@ -90,14 +96,15 @@ class OracleVAR:
         if layer not in self.layers:
             return probs
         out = probs.clone()
-        n_queries = probs.shape[-2]
+        n_queries, n_keys = probs.shape[-2:]
+        hidden = self.length - n_keys  # positions before a sliding window's keys: no attention there
         for b in range(probs.shape[0]):
             first = self.first_query[b] if n_queries > 1 else 0
             for h in range(probs.shape[1]):
                 for i in range(first, n_queries):
-                    new = self.edit_row(layer, b, probs[b, h, i].tolist())
+                    new = self.edit_row(layer, b, [0.0] * hidden + probs[b, h, i].tolist())
                     if new is not None:
-                        out[b, h, i] = torch.tensor(new, dtype=probs.dtype)
+                        out[b, h, i] = torch.tensor(new[hidden:], dtype=probs.dtype)
         return out
 
     def edit_row(self, layer: int, b: int, row: list[float]) -> list[float] | None:
@@ -153,17 +160,23 @@ AttentionInterface.register("sinklens_oracle", oracle_attention)
 AttentionMaskInterface.register("sinklens_oracle", eager_mask)
 
 
+def language_model(model):
+    """The text model inside an HF LMM (`model.text_model` in SmolVLM, `model.language_model` elsewhere)."""
+    inner = model.model
+    return inner.text_model if hasattr(inner, "text_model") else inner.language_model
+
+
 def install(model, oracle: OracleVAR) -> None:
     """Make `model`'s language model run the oracle (the vision tower stays eager)."""
-    language_model = model.model.language_model
-    language_model.config._attn_implementation = "sinklens_oracle"
+    text_model = language_model(model)
+    text_model.config._attn_implementation = "sinklens_oracle"
     newline = getattr(model.model, "image_newline", None)
 
     def read(module, args, kwargs):
         oracle.read_images(kwargs["inputs_embeds"], None if newline is None else newline.detach())
 
-    language_model.register_forward_pre_hook(read, with_kwargs=True)
-    for layer_index, layer in enumerate(language_model.layers):
+    text_model.register_forward_pre_hook(read, with_kwargs=True)
+    for layer_index, layer in enumerate(text_model.layers):
         layer.self_attn._sinklens_oracle = oracle
 
         def find(module, args, kwargs, layer_index=layer_index):

@@ -16,6 +16,7 @@ from sinklens.errors import MissingSinksError, ParameterError
 from sinklens.interventions import image_map
 
 from conftest import ARCHS, demo_inputs, loaded, max_diff, runner_for
+from oracle_var import language_model
 from test_var_nnsight import assert_matches_oracle
 
 TOLERANCE = 1e-5
@@ -55,7 +56,7 @@ def test_contribution_norms_match_the_loop_oracle():
     ctx = runner.forward(inputs, stack).ctx
     assert list(ctx.records["contribution"]) == [layer]
     first = int(ctx.image.text_start.min())
-    w_o = lm.model.model.language_model.layers[layer].self_attn.o_proj.weight.detach()
+    w_o = language_model(lm.model).layers[layer].self_attn.o_proj.weight.detach()
     pattern = patterns[layer][:, :, first:][:, :, :2]  # two query rows keep the loop oracle quick
     expected = oracles.attention_contribution(pattern, values[layer], w_o)
     torch.testing.assert_close(ctx.records["contribution"][layer][:, :, :2].double(), expected, atol=1e-5, rtol=1e-4)
@@ -91,7 +92,7 @@ def test_the_intervention_holds_no_weights_and_reads_them_at_run_time():
     assert contribution == AttentionContribution(layers=[1, 2])  # plain values only
     assert not any(isinstance(value, torch.Tensor) for value in vars(contribution).values())
     lm, runner, inputs = loaded("tiny-llava"), runner_for("tiny-llava"), demo_inputs("tiny-llava")
-    o_proj = lm.model.model.language_model.layers[1].self_attn.o_proj
+    o_proj = language_model(lm.model).layers[1].self_attn.o_proj
     before = runner.forward(inputs, [contribution]).ctx.records["contribution"][1]
     saved = o_proj.weight.detach().clone()
     try:

@@ -14,6 +14,7 @@ from sinklens.run import plan
 from sinklens.models.catalogue import HookCatalogue, catalogue_dir, catalogue_for, supported_architectures
 
 from conftest import ARCHS, demo_inputs, loaded, runner_for
+from oracle_var import language_model
 
 LAYER = 2
 ARCH_NAMES = list(ARCHS)
@@ -46,6 +47,11 @@ def run(runner, tiny, inputs, stack):
     return logits
 
 
+def decoder_layers(lm):
+    """The language model's decoder layers, found without the catalogue."""
+    return language_model(lm.model).layers
+
+
 @pytest.mark.parametrize("name", ARCH_NAMES)
 def test_every_point_reads_what_its_name_says(name):
     runner, tiny, inputs = runner_for(name), loaded(name), demo_inputs(name)
@@ -55,7 +61,8 @@ def test_every_point_reads_what_its_name_says(name):
     seen = {parse(name).kind: tensor for name, tensor in capture.seen.items()}
     with torch.no_grad():
         reference = tiny.model(**inputs, output_hidden_states=True)
-    attention = tiny.model.model.language_model.layers[LAYER].self_attn
+    layer = decoder_layers(tiny)[LAYER]
+    attention = layer.self_attn
     n_heads = tiny.text_config.num_attention_heads
 
     torch.testing.assert_close(seen["hook_resid_pre"], reference.hidden_states[LAYER], rtol=0, atol=0)
@@ -66,7 +73,10 @@ def test_every_point_reads_what_its_name_says(name):
     value = einops.repeat(seen["attn.hook_v"], "b kv pos d -> b (kv g) pos d", g=n_heads // seen["attn.hook_v"].shape[1])
     z = einops.rearrange(pattern @ value, "b head pos d -> b pos (head d)")
     torch.testing.assert_close(seen["attn.hook_z"], z)
-    torch.testing.assert_close(seen["hook_attn_out"], attention.o_proj(seen["attn.hook_z"]))
+    attn_out = attention.o_proj(seen["attn.hook_z"])
+    if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma 3 normalises the attention's output before adding it
+        attn_out = layer.post_attention_layernorm(attn_out)
+    torch.testing.assert_close(seen["hook_attn_out"], attn_out)
     torch.testing.assert_close(seen["hook_resid_mid"], seen["hook_resid_pre"] + seen["hook_attn_out"])
     torch.testing.assert_close(seen["hook_logits"], reference.logits, rtol=0, atol=0)
     torch.testing.assert_close(logits, reference.logits, rtol=0, atol=0)
@@ -106,7 +116,8 @@ def test_every_catalogue_file_is_exercised_by_a_tiny_built_in():
     built = {type(loaded(name).model).__name__ for name in ARCHS}
     assert set(supported_architectures()) == built
     files = {path.stem for path in catalogue_dir().glob("*.toml")}
-    assert files == {"llava", "llava_next", "qwen2_vl", "internvl"}
+    assert files == {"llava", "llava_next", "qwen2_vl", "internvl",
+                     "llava_onevision", "qwen3_vl", "gemma3", "smolvlm", "mistral3"}  # fmt: skip
     assert {loaded(name).catalogue.source.stem for name in ARCHS} == files
 
 

@@ -19,6 +19,9 @@ from sinklens.eval.discovery import discover, scan_prompts
 from sinklens.eval.folder import ResumeMismatchError
 from sinklens.eval.loop import Options, evaluate
 
+from oracle_var import language_model
+
+
 def run_pope(tiny, runner, questions, out, *, batch_size=1, max_new_tokens=3, **kwargs):
     """`evaluate` on a POPE benchmark, quietly."""
     options = Options(max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
@@ -132,7 +135,7 @@ def test_discovery_reads_data_not_the_registry(tiny, runner):
 
     other = load("tiny-llava")
     with torch.no_grad():
-        embed = other.model.model.language_model.embed_tokens.weight
+        embed = language_model(other.model).embed_tokens.weight
         bos = other.text_config.bos_token_id
         embed[bos, 100], embed[bos, 7] = embed[bos, 7].item(), embed[bos, 100].item()
     result = discover(other, NnsightRunner(other), n_prompts=2, progress=False)

@@ -54,9 +54,13 @@ def selection(rows: Tensor, image: Tensor, sink: Tensor, *, rho: float, summ: fl
 
 
 def var_hook_on_rows(rows: Tensor, image: Tensor, sink: Tensor, **var_params) -> tuple[Tensor, RunContext]:
-    """The real VAR hook on rows given as a decoding step's pattern (every row is a query it acts on)."""
+    """The real VAR hook on rows given as the first decoding step's pattern (every row is a query it acts on).
+
+    The last key is the token that step feeds in; the keys before it are the prompt.
+    """
     layer = 2
-    spec = RunSpec.of(ImageSpans(mask=image), torch.ones_like(image), n_layers=4)
+    prompt = image[:, :-1]
+    spec = RunSpec.of(ImageSpans(mask=prompt), torch.ones_like(prompt), n_layers=4)
     ctx = RunContext(spec, found=Findings(sinks={layer: sink}), cursor=Cursor(step=1))
     (hook,) = [hook for hook in VAR(**var_params).hooks(ctx) if hook.name == f"blocks.{layer}.attn.hook_pattern"]
     return hook.fn(rows.clone(), ctx), ctx

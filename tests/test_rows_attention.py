@@ -168,11 +168,14 @@ def test_named_operations_are_live_and_hold_eagers_rows(both_routes):
             node = node[int(part)] if part.isdigit() else getattr(node, part)
         return node
 
+    # the eager operations the catalogue names (Gemma 3's pattern is attn_weights_5)
+    names = {point: eager.catalogue.nnsight[point].split(".source.")[-1].rsplit(".", 1)[0]
+             for point in ("attn.hook_v", "attn.hook_attn_scores", "attn.hook_pattern")}  # fmt: skip
     with torch.no_grad(), model_eager.trace(**inputs):
         eager_ops = at(model_eager, 1).source
-        values = eager_ops.repeat_kv_1.input.save()
-        scores = eager_ops.nn_functional_softmax_0.input.save()
-        pattern = eager_ops.attn_weights_2.output.save()
+        values = getattr(eager_ops, names["attn.hook_v"]).input.save()
+        scores = getattr(eager_ops, names["attn.hook_attn_scores"]).input.save()
+        pattern = getattr(eager_ops, names["attn.hook_pattern"]).output.save()
     with torch.no_grad(), model_rows.trace(**inputs):
         call = at(model_rows, 1)
         args, kwargs = call.inputs

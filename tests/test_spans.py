@@ -11,6 +11,7 @@ from sinklens.models.spans import ImageSpans
 from sinklens.builtin.tiny_shared import draw_blocks
 
 from conftest import demo_inputs, loaded, runner_for
+from oracle_var import language_model
 
 
 def newline_positions(lm, inputs) -> list[list[int]]:
@@ -20,7 +21,7 @@ def newline_positions(lm, inputs) -> list[list[int]]:
     def keep(module, args, kwargs):
         seen["embeds"] = kwargs["inputs_embeds"]
 
-    hook = lm.model.model.language_model.register_forward_pre_hook(keep, with_kwargs=True)
+    hook = language_model(lm.model).register_forward_pre_hook(keep, with_kwargs=True)
     try:
         with torch.no_grad():
             lm.model(**inputs)
@@ -128,7 +129,7 @@ def test_an_image_split_by_text_is_refused():
     # move one image token from the middle of the image to just after it: same count, broken run
     ids[0, int(image[10])] = int(ids[0, int(image[-1]) + 1])
     ids[0, int(image[-1]) + 1] = lm.image_token_id
-    with pytest.raises(ImageSpanError, match="run of image tokens ends"):
+    with pytest.raises(ImageSpanError, match="run of image tokens there is 9..19"):
         lm.check_inputs({**demo_inputs("tiny-llava"), "input_ids": ids})
 
 

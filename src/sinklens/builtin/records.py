@@ -24,6 +24,11 @@ from sinklens.errors import ParameterError
 from sinklens.builtin.tiny_llava import build_tiny_llava, draw_scene, plant_sinks
 from sinklens.builtin.tiny_internvl import build_tiny_internvl, draw_internvl_scene, plant_internvl_sinks
 from sinklens.builtin.tiny_next import build_tiny_llava_next, draw_wide_scene
+from sinklens.builtin.tiny_onevision import build_tiny_onevision, draw_onevision_scene, plant_onevision_sinks
+from sinklens.builtin.tiny_qwen3 import build_tiny_qwen3_vl, draw_qwen3_scene, plant_qwen3_sinks
+from sinklens.builtin.tiny_gemma3 import build_tiny_gemma3, draw_gemma3_scene, plant_gemma3_sinks
+from sinklens.builtin.tiny_smolvlm import build_tiny_smolvlm, draw_smolvlm_scene, plant_smolvlm_sinks
+from sinklens.builtin.tiny_mistral3 import build_tiny_mistral3, draw_mistral3_scene, plant_mistral3_sinks
 from sinklens.builtin.tiny_qwen import build_tiny_qwen2_5_vl, build_tiny_qwen2_vl, draw_qwen_scene, plant_qwen_sinks
 from sinklens.builtin.tiny_shared import TINY_SINK_DIM
 from sinklens.builtin.toy_llava import load_toy_llava
@@ -114,6 +119,18 @@ BUILTIN_MODELS: tuple[BuiltIn, ...] = (
           _QWEN_SINKS),
     _tiny("tiny-internvl", "InternVLForConditionalGeneration", build_tiny_internvl, draw_internvl_scene, plant_internvl_sinks,
           (("tile 0", 0, 0), ("tile 1", 2, 1))),
+    _tiny("tiny-llava-onevision", "LlavaOnevisionForConditionalGeneration", build_tiny_onevision, draw_onevision_scene,
+          plant_onevision_sinks, (("base", 0, 0), ("base", 3, 3), ("tiles", 0, 0), ("tiles", 0, 1), ("tiles", 3, 6),
+                                  ("tiles", 3, 7))),
+    _tiny("tiny-qwen3-vl", "Qwen3VLForConditionalGeneration", build_tiny_qwen3_vl, draw_qwen3_scene, plant_qwen3_sinks,
+          _QWEN_SINKS),
+    _tiny("tiny-gemma3", "Gemma3ForConditionalGeneration", build_tiny_gemma3, draw_gemma3_scene, plant_gemma3_sinks,
+          _QWEN_SINKS),
+    _tiny("tiny-smolvlm", "SmolVLMForConditionalGeneration", build_tiny_smolvlm, draw_smolvlm_scene, plant_smolvlm_sinks,
+          tuple(("row 1 col 1", r, c) for r in (0, 1) for c in (0, 1)) + tuple(("row 2 col 2", r, c) for r in (0, 1)
+                for c in (2, 3)) + (("global", 0, 0), ("global", 2, 3))),
+    _tiny("tiny-mistral3", "Mistral3ForConditionalGeneration", build_tiny_mistral3, draw_mistral3_scene,
+          plant_mistral3_sinks, (("image", 0, 0), ("image", 2, 5))),
 )
 BUILTIN_NAMES: tuple[str, ...] = tuple(record.name for record in BUILTIN_MODELS)
 # name -> () -> (model, processor)

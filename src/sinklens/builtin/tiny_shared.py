@@ -42,26 +42,28 @@ CHAT_TEMPLATE = (
 )
 
 
-def tiny_tokenizer(extra_special_tokens: dict[str, str] | None = None):
+def tiny_tokenizer(extra_special_tokens: dict[str, str] | None = None, added_tokens: Sequence[str] = ()):
     """A lower-casing word-level tokenizer over a fixed scene vocabulary.
 
     `extra_special_tokens` (attribute name -> token, default `{"image_token": "<image>"}`)
     become tokenizer attributes (`tok.image_token`, `tok.image_token_id`); tokens
     not yet in the vocabulary are appended after it, so existing ids never move.
+    `added_tokens` (e.g. SmolVLM's `<row_1_col_1>` markers) are appended after those
+    as special tokens without an attribute.
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     extra = dict(extra_special_tokens or {"image_token": "<image>"})
     tokens = _SPECIAL + _WORDS
-    tokens += [token for token in dict.fromkeys(extra.values()) if token not in tokens]
+    tokens += [token for token in dict.fromkeys([*extra.values(), *added_tokens]) if token not in tokens]
     vocab = {word: i for i, word in enumerate(tokens)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
-    return PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<s>",
         eos_token="</s>",
@@ -70,6 +72,9 @@ def tiny_tokenizer(extra_special_tokens: dict[str, str] | None = None):
         extra_special_tokens=extra,
         padding_side="left",
     )
+    if added_tokens:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(added_tokens)})
+    return tokenizer
 
 
 # a dark background and two coloured shapes, as in tiny.draw_scene
@@ -146,6 +151,32 @@ def plant_white_detector(
     first.bias[0] = bias
     second.weight[:, 0] = 0.0
     second.weight[dim, 0] = out
+
+
+@torch.no_grad()
+def plant_siglip_white_channel(tower: Any, channel: int, *, scale: float = 8.0) -> None:
+    """A SigLIP tower whose output `channel` is large at white patches only, and near zero elsewhere.
+
+    The patch embedding's channel 0 is the patch brightness; the last layer's MLP
+    writes `channel` only when the layer-normed brightness passes a threshold
+    (about +sqrt(width) for white, far less otherwise). Every other path into
+    `channel` is zeroed, so the tower's final layer norm leaves it near zero
+    except at white patches: a linear projector that reads it plants a sink.
+    """
+    brightness_channel(tower.embeddings.patch_embedding.weight, scale=scale)
+    tower.embeddings.patch_embedding.weight[channel] = 0.0
+    tower.embeddings.patch_embedding.bias[channel] = 0.0
+    tower.embeddings.position_embedding.weight[:, channel] = 0.0
+    for layer in tower.encoder.layers:  # nothing else writes the channel
+        layer.self_attn.out_proj.weight[channel] = 0.0
+        layer.self_attn.out_proj.bias[channel] = 0.0
+        layer.mlp.fc2.weight[channel] = 0.0
+        layer.mlp.fc2.bias[channel] = 0.0
+    last = tower.encoder.layers[-1].mlp
+    last.fc1.weight[0] = 0.0
+    last.fc1.weight[0, 0] = 1.0
+    last.fc1.bias[0] = -4.5
+    last.fc2.weight[channel, 0] = 40.0
 
 
 def draw_blocks(width: int, height: int, white: Sequence[tuple[int, int, int, int]]) -> Image.Image:

@@ -109,8 +109,13 @@ def _sdpa_head(
     module: nn.Module, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, first: int, offset: int,
     causal: bool, scaling: float, dropout: float, kwargs: dict[str, Any],
 ) -> tuple[Tensor, None]:
-    """sdpa for rows `[0, first)`; under a causal mask they see only the first `offset + first` keys."""
-    seen = offset + first if causal else key.shape[2]
+    """sdpa for rows `[0, first)`; under a plain causal mask they see only the first `offset + first` keys.
+
+    A mask given explicitly decides alone which keys a row sees: it may open
+    keys after a row (Gemma 3's image tokens attend to each other both ways,
+    and a first explicit row can fall inside an image), so every key is kept.
+    """
+    seen = key.shape[2] if mask is not None or not causal else offset + first
     if mask is not None:
         mask = mask[:, :, :first, :seen]
     elif causal and offset > 0 and first > 1:

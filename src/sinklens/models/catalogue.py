@@ -60,6 +60,10 @@ class HookCatalogue:
     transformer_lens: dict[str, str] = field(default_factory=dict)
     # the rows route's attention call ([nnsight_rows] attention_call); None when the file has none
     rows_attention_call: str | None = None
+    # model inputs the family needs besides ids, mask and pixels (Gemma 3: token_type_ids)
+    required_inputs: tuple[str, ...] = ()
+    # the architecture name TransformerLens' adapter registry knows the class by, where it differs (SmolVLM: Idefics3)
+    transformer_lens_architecture: str | None = None
 
     def nnsight_path(self, hook: HookPoint, route: AttentionRoute = "eager") -> str:
         """The nnsight path of a hook point on an attention route ("eager" or "rows"), with its layer filled in."""
@@ -122,6 +126,8 @@ class HookCatalogue:
             nnsight=nnsight,
             transformer_lens=_table(path, data, "transformer_lens", _POINTS | {TL_ENTRY}),
             rows_attention_call=rows.get(ROWS_CALL),
+            required_inputs=tuple(data.get("required_inputs", ())),
+            transformer_lens_architecture=data.get("transformer_lens_architecture"),
         )
 
 

@@ -8,6 +8,8 @@ model already in memory; `sinklens.models.load` loads one by name.
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -23,8 +25,6 @@ from sinklens.models.catalogue import HookCatalogue, catalogue_for
 from sinklens.models.images import ImageConversionWarning, rgb_images
 from sinklens.models.sink_dims import known_sink_dims
 from sinklens.models.spans import ImageSpans, image_spans, square_grid
-
-
 
 # an image, or several images shown in one prompt (in order); a path (str or Path) is opened
 Images = Image.Image | str | os.PathLike[str] | Sequence[Image.Image | str | os.PathLike[str]]
@@ -56,6 +56,14 @@ class LoadedModel:
         return getattr(self.config, self.catalogue.text_config_field)
 
     @property
+    def sliding_window(self) -> int | None:
+        """The key window of the language model's sliding-window layers (Gemma 3), None where every layer sees all keys."""
+        text = getattr(self.model.config, self.catalogue.text_config_field, None) or self.model.config
+        if "sliding_attention" not in (getattr(text, "layer_types", None) or ()):
+            return None
+        return int(text.sliding_window)
+
+    @property
     def n_layers(self) -> int:
         return self.text_config.num_hidden_layers
 
@@ -72,10 +80,16 @@ class LoadedModel:
         `check_inputs(inputs).images` (and `ctx.image.images`).
         """
         rule = self.catalogue.grid
-        if rule in ("square", "anyres"):
+        if rule in ("square", "anyres", "anyres_max"):
             return square_grid(self.config)
         if rule == "tiles":
             side = int(square_grid(self.config)[0] * self.config.downsample_ratio)
+            return side, side
+        if rule == "split":
+            side = square_grid(self.config)[0] // self.config.scale_factor
+            return side, side
+        if rule == "pooled":
+            side = math.isqrt(self.config.mm_tokens_per_image)
             return side, side
         raise ParameterError(
             f"{self.name} ({self.catalogue.family}) has no fixed grid: each image's grid follows its size. "
@@ -109,7 +123,7 @@ class LoadedModel:
         """
         if not examples:
             raise ParameterError("prepare_batch needs at least one (image, question) example")
-        images: list[Image.Image] = []
+        images: list[list[Image.Image]] = []  # per prompt: the processors that care learn which images share one
         prompts: list[str] = []
         for example in examples:
             if not isinstance(example, (tuple, list)) or len(example) != 2:
@@ -126,7 +140,7 @@ class LoadedModel:
             for converted in shown:
                 if converted.note:  # said, not silently done (sinklens run writes it to result.json)
                     warnings.warn(f"{where}: {converted.note}", ImageConversionWarning, stacklevel=3)
-                images.append(converted.image)
+            images.append([converted.image for converted in shown])
             prompts.append(self.prompt(len(shown), question))
         inputs = self.processor(
             images=images, text=prompts, padding=True, padding_side="left", return_tensors="pt"
@@ -159,7 +173,23 @@ class LoadedModel:
                     f"prompt(s) {right} of the batch are padded on the right. Pad on the left "
                     "(LoadedModel.prepare_batch does, or pass padding_side='left' to the processor)."
                 )
-        return image_spans(self.catalogue.grid, self.config, inputs, self.image_token_id)
+        missing = [key for key in self.catalogue.required_inputs if key not in inputs]
+        if missing:
+            raise ImageSpanError(
+                f"{self.name} needs {', '.join(missing)} in its inputs ({self.catalogue.source.name}: without them the "
+                "model runs another attention than it was trained with); pass the processor's output unchanged "
+                "(LoadedModel.prepare does)"
+            )
+        return self.image_spans(inputs)
+
+    def image_spans(self, inputs: Mapping[str, torch.Tensor]) -> ImageSpans:
+        """The image spans and grids of `inputs`, without `check_inputs`' checks of padding and required inputs."""
+        return image_spans(self.catalogue.grid, self.config, inputs, self.image_token_id, self._added_tokens)
+
+    @functools.cached_property
+    def _added_tokens(self) -> dict[int, str]:
+        """The tokenizer's added tokens (markers such as SmolVLM's `<row_1_col_1>`), by id."""
+        return {token_id: text for text, token_id in self.tokenizer.get_added_vocab().items()}
 
     def decode(self, token_ids: torch.Tensor) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True).strip()

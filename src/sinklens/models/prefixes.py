@@ -36,6 +36,8 @@ from sinklens.models.spans import ImageSpans
 PER_POSITION = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 # inputs with one row per image (in processor order)
 PER_IMAGE = ("image_sizes", "image_grid_thw")
+# inputs with one entry per prompt (LLaVA-OneVision: how many images each prompt shows)
+PER_PROMPT = ("batch_num_images",)
 
 
 def pixel_rows(rule: str, inputs: Mapping[str, Tensor], spans: ImageSpans) -> list[int]:
@@ -79,6 +81,7 @@ def split_prompts(rule: str, inputs: Mapping[str, Tensor], spans: ImageSpans) ->
         prefix = {key: inputs[key][prompt : prompt + 1, first:end] for key in PER_POSITION if key in inputs}
         for key in per_image[0] if per_image else ():
             prefix[key] = torch.cat([per_image[index][key] for index in images])
+        prefix |= {key: inputs[key][prompt : prompt + 1] for key in PER_PROMPT if key in inputs}
         suffix = {key: inputs[key][prompt : prompt + 1, end:] for key in PER_POSITION if key in inputs}
         parts.append(PromptParts(_key(prefix), prefix, suffix))
     return parts

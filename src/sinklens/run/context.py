@@ -241,15 +241,20 @@ class RunContext:
     def keys(
         self, mask: Bool[Tensor, "batch pos"], key_length: int, device: torch.device | None = None
     ) -> Bool[Tensor, "batch key"]:
-        """A prompt-position mask padded with False up to `key_length` keys (on `device` if given).
+        """A prompt-position mask over the `key_length` keys of an attention tensor (on `device` if given).
 
-        Tokens generated later are never image tokens or sinks: sink sets are
-        found on the prompt and reused while decoding. Under a device map each
-        layer's tensors live on that layer's device; masks are moved there.
+        The keys are the last `key_length` positions of the sequence so far: every
+        position in a full-attention layer, the window in a sliding-window layer
+        while decoding (its cache keeps only the last keys). Tokens generated
+        later are never image tokens or sinks: sink sets are found on the prompt
+        and reused while decoding. Under a device map each layer's tensors live
+        on that layer's device; masks are moved there.
         """
         mask = mask.to(device) if device is not None else mask
-        extra = key_length - mask.shape[-1]
-        return torch.nn.functional.pad(mask, (0, extra)) if extra > 0 else mask[:, :key_length]
+        total = self.prompt_length + (0 if self.prefill else self.cursor.step)
+        extra = total - mask.shape[-1]
+        full = torch.nn.functional.pad(mask, (0, extra)) if extra > 0 else mask
+        return full[:, total - key_length : total]
 
     def text_queries(self, query_length: int, device: torch.device | None = None) -> Bool[Tensor, "batch query"]:
         """Queries VAR acts on: each prompt's text after its last image (prefill), every new token (decoding)."""
