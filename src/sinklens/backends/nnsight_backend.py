@@ -330,10 +330,11 @@ class NnsightRunner:
         sharing = None
         if prefixes is not None:
             prefixes.check(interventions)
-            reason = refusal(ordered_hooks(interventions, run.ctx), remote=remote is not False)
-            if not reason:
-                from sinklens.backends.shared_prefixes import generate_shared
+            from sinklens.backends.shared_prefixes import generate_shared, layout_refusal
 
+            reason = refusal(ordered_hooks(interventions, run.ctx), remote=remote is not False)
+            reason = reason or layout_refusal(self.loaded, run)
+            if not reason:
                 return generate_shared(self, run, interventions, max_new_tokens, prefixes)
             sharing = Sharing(False, prompts=len(run.inputs["input_ids"]), reason=reason)
         store = self.decode(run.inputs, run.ctx, interventions, max_new_tokens, remote=remote)

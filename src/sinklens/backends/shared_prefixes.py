@@ -20,7 +20,6 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from sinklens.models.prefixes import PromptParts, batch_prefixes, continuation, continue_positions, split_prompts
-from sinklens.models.spans import image_spans
 from sinklens.run import Members, RunContext, RunInputs, RunSpec, finish_generation, make_context, plan
 from sinklens.run.prefixes import (
     CachedPrefix, PrefixStore, Sharing, continuation_findings, group_by_length, prefix_findings, stack_kv,
@@ -59,6 +58,24 @@ def generate_shared(
     return replace(result, sharing=Sharing(True, prompts=len(parts), computed=len(missing), reused=len(parts) - len(missing)))
 
 
+def layout_refusal(loaded: Any, run: RunInputs) -> str:
+    """Why a batch cannot continue from shared prefixes exactly ("" when it can).
+
+    A continuation pads between prefix and suffix where suffixes differ in
+    length. Full attention masks that padding out; a sliding-window layer
+    counts it as keys of its window (transformers' window is over cache
+    slots), so such a row would see fewer real keys than in its whole run.
+    """
+    if loaded.sliding_window is None:
+        return ""
+    lengths = {part.suffix_length for part in split_prompts(loaded.catalogue.grid, run.inputs, run.ctx.image)}
+    if len(lengths) == 1:
+        return ""
+    return (f"{loaded.name} has sliding-window layers, whose window would count the padding between a prefix and a "
+            f"shorter suffix (suffix lengths {sorted(lengths)} here): the batch runs whole; ask one question at a time, "
+            "or questions of one length together, to share")  # fmt: skip
+
+
 def _pass_of_rows(ctx: RunContext, n_rows: int) -> list[str]:
     """The pass each row of the run belongs to ("" when the stack runs one pass)."""
     names = [""] * n_rows
@@ -92,7 +109,7 @@ def _continuation_context(runner: NnsightRunner, run: RunInputs, layout: Any, pr
     """The context of a continuation: spans over the full layout, the prefixes' findings, the suffix rows held."""
     loaded = runner.loaded
     inputs = {**layout.inputs, **layout.images}
-    spans = image_spans(loaded.catalogue.grid, loaded.config, inputs, loaded.image_token_id)
+    spans = loaded.image_spans(inputs)
     spec = RunSpec.of(spans, layout.inputs["attention_mask"], n_layers=loaded.n_layers, sink_dims=loaded.sink_dims,
                       d_model=loaded.d_model, default_tau=loaded.default_tau, model_name=loaded.name,
                       passes=run.ctx.passes, first_position=layout.cached)  # fmt: skip

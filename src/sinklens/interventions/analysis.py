@@ -159,10 +159,11 @@ def _random_keys_at(ctx: RunContext, layer: int, *, seed: int, keys: KeySet, cou
 
 
 def _ablate(scores: Tensor, ctx: RunContext, *, layer: int, chosen: Any) -> Tensor:
-    keys = ctx.keys(chosen(ctx, layer), scores.shape[-1], scores.device)
+    prompt_keys = chosen(ctx, layer)
+    keys = ctx.keys(prompt_keys, scores.shape[-1], scores.device)
     rows = ctx.query_rows(scores)
-    if ctx.prefill:
-        ctx.found.add("ablation", keys.sum(-1).cpu(), layer=layer)
+    if ctx.prefill:  # counted over the prompt: a sliding-window layer's cache may hold fewer keys than it
+        ctx.found.add("ablation", prompt_keys.sum(-1).cpu(), layer=layer)
     return write_rows(scores, rows, mask_keys(rows.of(scores), keys, rows.queries))
 
 
