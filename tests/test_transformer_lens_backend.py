@@ -208,3 +208,44 @@ def test_a_transformer_lens_table_with_a_missing_key_fails_at_load(tmp_path):
     broken.write_text(text.replace('"entry" = "hook_embed"\n', ""))
     with pytest.raises(CatalogueError, match=r"\[transformer_lens\]: unknown keys \[\], missing keys \['entry'\]"):
         HookCatalogue.from_file(broken)
+
+
+# --- the 2026 families: each through its bridge adapter, or an error naming what the adapter lacks ----------
+
+BRIDGED_FAMILIES = ["tiny-llava-onevision", "tiny-gemma3", "tiny-smolvlm", "tiny-mistral3"]
+
+
+@pytest.mark.slow  # a bridge per family, 8 steps per stack
+@pytest.mark.parametrize("name", BRIDGED_FAMILIES)
+def test_the_new_families_run_on_their_bridge_adapters_as_on_nnsight(name):
+    """Every layer point holds the same tensor; FindSinks + VAR, PAI and an edit give the same logits over 8 steps."""
+    from conftest import demo_inputs, loaded, runner_for
+    from sinklens.backends.transformer_lens_backend import TransformerLensRunner
+
+    lm, inputs, runner_ = loaded(name), demo_inputs(name), runner_for(name)
+    tl = TransformerLensRunner(lm)
+    names = [block(1, point) for point in LAYER_POINTS] + ["hook_logits"]
+    nn_seen, tl_seen = capture(runner_, inputs, names), capture(tl, inputs, names)
+    for point in names:
+        assert nn_seen[point].shape == tl_seen[point].shape, point
+        assert max_diff(nn_seen[point], tl_seen[point]) <= 1e-6, point
+    plain = runner_.generate(inputs, [], max_new_tokens=STEPS).step_logits
+    for stack in ([FindSinks(), VAR(heads="all")], [PAI(alpha=0.5)], [("blocks.1.hook_resid_post", scale_resid)]):
+        nn_generation = runner_.generate(inputs, stack, max_new_tokens=STEPS)
+        tl_generation = tl.generate(inputs, stack, max_new_tokens=STEPS)
+        assert max_diff(nn_generation.step_logits, plain) > 1e-4  # the stack acts
+        assert max_diff(nn_generation.step_logits, tl_generation.step_logits) <= TOLERANCE
+        assert nn_generation.tokens == tl_generation.tokens
+
+
+def test_qwen3_vl_on_transformer_lens_names_what_its_adapter_lacks():
+    import importlib.util
+
+    from conftest import loaded
+    from sinklens.backends.transformer_lens_backend import TransformerLensRunner
+    from sinklens.errors import BackendError
+
+    if importlib.util.find_spec("torchvision") is not None:
+        pytest.skip("torchvision is installed here: TransformerLens' Qwen3-VL adapter builds; this checks the error without it")
+    with pytest.raises(BackendError, match="torchvision.*nnsight backend"):
+        TransformerLensRunner(loaded("tiny-qwen3-vl"))

@@ -99,14 +99,14 @@ def build_bridge(loaded: LoadedModel, *, copy_model: bool = True) -> Any:
     from transformer_lens.model_bridge.sources import build_bridge_from_module
 
     model = copy.deepcopy(loaded.model) if copy_model else loaded.model
-    architecture = type(model).__name__
+    architecture = loaded.catalogue.transformer_lens_architecture or type(model).__name__
     try:
         # no tokenizer: TransformerLens would reload it from the hub to add a BOS token;
         # sinklens tokenizes with the loaded processor and hands the bridge token ids
         return build_bridge_from_module(
             model, architecture, hf_config=model.config, post_adapter_hook=_wrap_unknown_vision_tower
         )
-    except (ValueError, KeyError, NotImplementedError) as e:
+    except (ValueError, KeyError, NotImplementedError, ImportError) as e:
         raise BackendError(
             f"TransformerLens could not build a bridge for {architecture}: {e}. Use the nnsight backend "
             "(sinklens.NnsightRunner), which runs every architecture in hooks/."
