@@ -21,13 +21,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from sinklens.cli import discover, evaluate, explore, run, scene
+from sinklens.cli import compare, discover, evaluate, explore, run, scene
 from sinklens.errors import SinklensError
 
 # name -> (help, module with add_arguments(parser) and execute(args)); `eval` adds a sub-command per benchmark
 COMMANDS = {
     "run": ("find sinks and answer a question about an image, with and without VAR", run),
     "eval": ("evaluate on a benchmark", evaluate),
+    "compare": ("several stacks on the same questions, with paired statistics against the first", compare),
     "discover-sink-dims": ("find the sink dimensions of a model from data", discover),
     "explore": ("write an interactive attention explorer (one self-contained HTML file) for an image and prompt", explore),
     "draw-scene": ("draw a scene (a PNG): a synthetic one, or a tiny built-in's demo", scene),

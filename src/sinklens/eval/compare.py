@@ -1,0 +1,113 @@
+"""Several stacks on the same questions, with paired statistics: `sinklens compare`.
+
+Each stack answers the benchmark into a folder of its own (`OUT/NAME/`,
+resumable like `sinklens eval`); then every stack is compared with the first
+(the reference, usually the baseline) on the same questions: accuracies, the
+paired difference with its 95% bootstrap interval, and the exact McNemar test.
+Written to `OUT/compare.json` (the summary), `OUT/compare.jsonl` (one row per
+question: each stack's answer and whether it is right) and `OUT/compare.png`
+(the differences with their intervals; the title says model, benchmark and n).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from sinklens.errors import ParameterError
+from sinklens.eval.folder import RunFolder
+from sinklens.eval.loop import Benchmark, Options, correct, evaluate
+from sinklens.eval.stats import describe, paired
+from sinklens.interventions.specs import describe as describe_spec
+
+FILES = ("compare.json", "compare.jsonl", "compare.png")
+
+
+def check_stack_names(names: Sequence[str]) -> None:
+    """Stack names are folder names: distinct, and plain (letters, digits, `-`, `_`, `.`)."""
+    if len(names) < 2:
+        raise ParameterError(f"compare needs at least two stacks (the first is the reference); got {len(names)}: "
+                             "give --stack NAME=SPEC twice or more, e.g. --stack baseline= --stack var=VAR")  # fmt: skip
+    bad = [name for name in names if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith(".")]
+    if bad:
+        raise ParameterError(f"stack names {bad} cannot be folder names; use letters, digits, '-', '_' and '.'")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ParameterError(f"stack names {repeated} are given twice; each stack needs its own name")
+
+
+def compare(
+    loaded: Any, runner: Any, benchmark: Benchmark, stacks: Mapping[str, list[Any]], *, out: Path, options: Options,
+) -> dict[str, Any]:
+    """Run every stack on `benchmark` (each resumable in `out/NAME`), then compare each with the first."""
+    check_stack_names(list(stacks))
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = {}
+    for name, members in stacks.items():
+        metrics[name] = evaluate(loaded, runner, benchmark, out=out / name, interventions=members, options=options)
+    ids = [item.id for item in benchmark.items]
+    right = {name: correct(out / name, benchmark.kind, ids) for name in stacks}
+    reference = next(iter(stacks))
+    summary = {
+        "model": loaded.name, "benchmark": benchmark.name, "n": len(ids), "reference": reference,
+        "stacks": {name: {"spec": describe_spec(list(members)), "accuracy": _accuracy(right[name].values()),
+                          "metrics": _numbers(metrics[name])} for name, members in stacks.items()},
+        "paired": {name: paired([right[reference][i] for i in ids], [right[name][i] for i in ids])
+                   for name in stacks if name != reference},
+    }  # fmt: skip
+    (out / "compare.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _write_rows(out, benchmark, list(stacks), ids)
+    plot(summary, out / "compare.png")
+    return summary
+
+
+def table(summary: Mapping[str, Any]) -> str:
+    """A markdown table of the summary: each stack's accuracy and its paired difference from the reference."""
+    lines = [f"{summary['model']}, {summary['benchmark']}, n = {summary['n']} (reference: {summary['reference']})", "",
+             "| stack | spec | accuracy | vs reference: points [95% CI], McNemar |", "|---|---|---|---|"]  # fmt: skip
+    for name, stack in summary["stacks"].items():
+        versus = describe(summary["paired"][name]) if name in summary["paired"] else "reference"
+        lines.append(f"| {name} | `{stack['spec']}` | {100 * stack['accuracy']:.1f} | {versus} |")
+    return "\n".join(lines)
+
+
+def plot(summary: Mapping[str, Any], path: Path) -> None:
+    """Each stack's paired accuracy difference from the reference, in points, with its 95% bootstrap interval."""
+    from sinklens.eval.figures import figure
+
+    names = list(summary["paired"])
+    fig, ax = figure(figsize=(6, 1.2 + 0.5 * len(names)))
+    for row, name in enumerate(names):
+        comparison = summary["paired"][name]
+        low, high = (100 * v for v in comparison["ci95"])
+        ax.plot([low, high], [row, row], color="tab:blue", linewidth=2)
+        ax.plot([100 * comparison["difference"]], [row], "o", color="tab:blue")
+    ax.axvline(0.0, color="grey", linewidth=1, linestyle="--")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel(f"accuracy - {summary['reference']} (points; 95% paired bootstrap CI)")
+    ax.set_title(f"{summary['model']}, {summary['benchmark']}, n = {summary['n']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _write_rows(out: Path, benchmark: Benchmark, names: list[str], ids: list[str]) -> None:
+    rows = {name: {row["id"]: row for row in RunFolder(out / name, benchmark.kind).rows()} for name in names}
+    right = {name: correct(out / name, benchmark.kind, ids) for name in names}
+    questions = {item.id: item.text for item in benchmark.items}
+    with (out / "compare.jsonl").open("w") as f:
+        for i in ids:
+            first = rows[names[0]][i]
+            shared = {"question": questions[i], **{key: first[key] for key in ("label", "image", "scene") if key in first}}
+            answers = {name: {"answer": rows[name][i].get("answer"), "correct": right[name][i]} for name in names}
+            f.write(json.dumps({"id": i, **shared, "stacks": answers}) + "\n")
+
+
+def _accuracy(values: Any) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _numbers(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in metrics.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
