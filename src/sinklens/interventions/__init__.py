@@ -14,6 +14,7 @@ from sinklens.interventions.scan import SinkDimensionScan
 from sinklens.interventions.sinks import FindSinks
 from sinklens.interventions.stack import Edit, Stack
 from sinklens.interventions.var import VAR
+from sinklens.interventions.vision import FindVisionSinks
 
 __all__ = [
     "AttentionContribution",
@@ -27,6 +28,7 @@ __all__ = [
     "VCD",
     "Edit",
     "FindSinks",
+    "FindVisionSinks",
     "LogitsHook",
     "OnPass",
     "SinkDimensionScan",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -18,7 +18,7 @@ from pathlib import Path
 from sinklens.errors import CatalogueError, UnknownArchitectureError
 from sinklens.hf import AttentionRoute
 from sinklens.hf.rows_attention import ROWS_OPS
-from sinklens.hook_points import LAYER_POINTS, MODEL_POINTS, HookPoint
+from sinklens.hook_points import LAYER_POINTS, MODEL_POINTS, VISION_LAYER_POINTS, HookPoint
 from sinklens.models.spans import GRID_RULES
 
 _REQUIRED = ("architectures", "family", "image_token_field", "text_config_field", "grid")
@@ -64,9 +64,37 @@ class HookCatalogue:
     required_inputs: tuple[str, ...] = ()
     # the architecture name TransformerLens' adapter registry knows the class by, where it differs (SmolVLM: Idefics3)
     transformer_lens_architecture: str | None = None
+    # [vision]: the tower's and the projector's module paths; the tower's own points are those of its type
+    # (vision_config.model_type, set by `for_tower` at load) in hooks/vision/towers.toml
+    vision: dict[str, str] = field(default_factory=dict)
+    tower_type: str | None = None
+
+    def for_tower(self, tower_type: str | None) -> HookCatalogue:
+        """This catalogue for a model whose vision tower is of type `tower_type` (vision_config.model_type)."""
+        return replace(self, tower_type=tower_type)
+
+    def vision_path(self, hook: HookPoint) -> str:
+        """The nnsight path of a vision point (`vision.blocks.{l}.*`, `vision.hook_out`, `projector.hook_out`)."""
+        if not self.vision:
+            raise CatalogueError(f"{self.source} has no [vision] table: its vision tower's points are not catalogued")
+        if hook.kind == "vision.hook_out":
+            return f"{self.vision['projector']}.input"
+        if hook.kind == "projector.hook_out":
+            return f"{self.vision['projector']}.output"
+        point = hook.kind.removeprefix("vision.")
+        points = tower_points(self.tower_type or "unknown")
+        if point not in points:
+            known = ", ".join(f"vision.blocks.{{layer}}.{p}" for p in points)
+            raise CatalogueError(
+                f"the {self.tower_type} vision tower has no {point} point in hooks/vision/towers.toml (it has: "
+                f"{known}); use one of those, or add the path there"
+            )
+        return f"{self.vision['tower']}.{points[point].format(layer=hook.vision_layer)}"
 
     def nnsight_path(self, hook: HookPoint, route: AttentionRoute = "eager") -> str:
         """The nnsight path of a hook point on an attention route ("eager" or "rows"), with its layer filled in."""
+        if hook.in_vision:
+            return self.vision_path(hook)
         if route == "rows" and hook.kind in ROWS_OPS:
             return f"{self.rows_call(hook.layer)}.source.{ROWS_OPS[hook.kind]}.output"
         template = self.nnsight[hook.kind]
@@ -83,6 +111,11 @@ class HookCatalogue:
 
     def transformer_lens_name(self, hook: HookPoint) -> str:
         """The TransformerBridge hook name of a hook point, with its layer filled in."""
+        if hook.in_vision:
+            raise CatalogueError(
+                f"{hook.name!r} is a vision-tower point, which the TransformerLens backend does not hook (its bridges "
+                "map the language model); run it on the nnsight backend (sinklens.NnsightRunner)"
+            )
         template = self._transformer_lens_table()[hook.kind]
         return template.format(layer=hook.layer) if hook.kind in LAYER_POINTS else template
 
@@ -128,6 +161,7 @@ class HookCatalogue:
             rows_attention_call=rows.get(ROWS_CALL),
             required_inputs=tuple(data.get("required_inputs", ())),
             transformer_lens_architecture=data.get("transformer_lens_architecture"),
+            vision=_table(path, data, "vision", frozenset({"tower", "projector"})),
         )
 
 
@@ -140,6 +174,32 @@ def _table(path: Path, data: dict[str, object], name: str, keys: frozenset[str],
     if unknown or absent:
         raise CatalogueError(f"{path} [{name}]: unknown keys {unknown}, missing keys {absent}; the keys are {sorted(keys)}")
     return table
+
+
+@cache
+def _towers(directory: Path) -> dict[str, dict[str, str]]:
+    path = directory / "vision" / "towers.toml"
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise CatalogueError(f"cannot read the vision towers' catalogue {path}: {e}") from e
+    for tower, table in data.items():
+        unknown = sorted(set(table) - set(VISION_LAYER_POINTS))
+        if unknown or "hook_resid_post" not in table:
+            raise CatalogueError(f"{path} [{tower}]: unknown keys {unknown}; keys are {list(VISION_LAYER_POINTS)}, "
+                                 "hook_resid_post required")  # fmt: skip
+    return data
+
+
+def tower_points(tower_type: str) -> dict[str, str]:
+    """The vision points of a tower type (vision_config.model_type): point -> path relative to the tower."""
+    towers = _towers(catalogue_dir())
+    if tower_type not in towers:
+        raise CatalogueError(
+            f"hooks/vision/towers.toml describes no {tower_type!r} vision tower (it has {', '.join(towers)}); add a "
+            "table for it to hook the tower"
+        )
+    return dict(towers[tower_type])
 
 
 @cache

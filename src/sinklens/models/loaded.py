@@ -56,6 +56,12 @@ class LoadedModel:
         return getattr(self.config, self.catalogue.text_config_field)
 
     @property
+    def n_vision_layers(self) -> int:
+        """The number of layers of the vision tower (0 where the config does not say)."""
+        vision = getattr(self.model.config, "vision_config", None)
+        return int(getattr(vision, "num_hidden_layers", None) or getattr(vision, "depth", None) or 0)
+
+    @property
     def sliding_window(self) -> int | None:
         """The key window of the language model's sliding-window layers (Gemma 3), None where every layer sees all keys."""
         text = getattr(self.model.config, self.catalogue.text_config_field, None) or self.model.config
@@ -235,7 +241,8 @@ def from_hf(model: Any, processor: Any, *, name: str | None = None, attention: s
     first; without it, the model must already run one of them.
     """
     architecture = type(model).__name__
-    catalogue = catalogue_for(architecture)
+    vision_config = getattr(model.config, "vision_config", None)
+    catalogue = catalogue_for(architecture).for_tower(getattr(vision_config, "model_type", None))
     route = _attention_route(model, catalogue, attention)
     name = name or getattr(model.config, "_name_or_path", None) or architecture
     known = known_sink_dims(name)

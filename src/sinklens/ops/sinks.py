@@ -56,3 +56,21 @@ def sink_mask(
 ) -> Bool[Tensor, "batch pos"]:
     """Tokens whose phi reaches tau (the paper's `>=`; the released code's `>` with strict)."""
     return phi > tau if strict else phi >= tau
+
+
+# Darcet et al. (2024, Fig. 3) find the high-norm tokens of DINOv2, CLIP and DeiT at roughly 10x the median norm
+# of their image, with no tokens in between; 4x keeps every such token and no token of an ordinary tower
+# (toy-llava's DINOv2-S reaches 2.2x its median at most)
+DEFAULT_HIGH_NORM_RATIO = 4.0
+
+
+def high_norm_tokens(
+    resid: Float[Tensor, "..."], *, ratio: float = DEFAULT_HIGH_NORM_RATIO, threshold: float | None = None
+) -> tuple[Float[Tensor, "rows tokens"], Bool[Tensor, "rows tokens"]]:
+    """(norms, high) of a vision residual `[rows, tokens, d]` or `[tokens, d]` (one row): fp32 norms, bool mask."""
+    x = resid.float()
+    rows = x if x.dim() == 3 else x[None]
+    norms = torch.linalg.vector_norm(rows, dim=-1)
+    if threshold is not None:
+        return norms, norms > threshold
+    return norms, norms > ratio * norms.median(dim=-1, keepdim=True).values

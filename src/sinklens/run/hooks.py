@@ -157,6 +157,12 @@ def ordered_hooks(members: Members | Member, ctx: RunContext) -> list[Hook]:
                 f"hook {hook.name!r} names layer {point.layer}, but the model has layers 0..{ctx.n_layers - 1}; "
                 "use a layer in that range"
             )
+        if point.in_vision and point.kind.startswith("vision.") and point.kind != "vision.hook_out" \
+                and ctx.n_vision_layers and not point.vision_layer < ctx.n_vision_layers:  # fmt: skip
+            raise LayerError(
+                f"hook {hook.name!r} names vision layer {point.vision_layer}, but the vision tower has layers "
+                f"0..{ctx.n_vision_layers - 1}; use a layer in that range"
+            )
         if hook.occurrence is None:
             continue
         first = owners.setdefault((hook.member, hook.name), hook.occurrence)

@@ -49,8 +49,9 @@ class PlanPoint:
 
     @property
     def prefill_only(self) -> bool:
-        """Whether every hook here is prefill-only (the point is then not even read while decoding)."""
-        return all(hook.prefill_only for hook in self.hooks)
+        """Whether every hook here is prefill-only (the point is then not even read while decoding); the vision
+        tower's points are, whatever their hooks say: the tower runs in the prefill only."""
+        return self.point.in_vision or all(hook.prefill_only for hook in self.hooks)
 
     @property
     def wants_weights(self) -> bool:

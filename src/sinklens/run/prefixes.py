@@ -61,6 +61,11 @@ def refusal(hooks: Iterable[Hook], *, remote: bool = False, backend: str = "") -
         return backend
     if remote:
         return "a remote run shares no prefixes (their cache would have to stay on the server): it runs question by question"
+    hooks = list(hooks)
+    vision = sorted({hook.name for hook in hooks if hook.point.in_vision})
+    if vision:
+        return (f"hooks at the vision tower ({', '.join(vision)}) need it to run for every prompt, and a continuation "
+                "from a cached prefix does not run it: the run went question by question")  # fmt: skip
     unsafe = unsafe_for_prefixes(hooks)
     if unsafe:
         return (
