@@ -218,3 +218,29 @@ def test_layers_past_the_model_are_refused():
     runner, inputs = runner_for("tiny-llava"), demo_inputs("tiny-llava")
     with pytest.raises(LayerError, match="layers 0..5"):
         runner.forward(inputs, [HGAI(layers=[9])])
+
+
+# ---- shared image prefixes: prefix_safe is honest ---------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["vaf", "spin", "hgai"])
+def test_shared_prefixes_give_the_whole_run(case):
+    """A left-padded batch, six questions on one image and one on another: sharing the two image prefixes gives
+    every prompt its whole run (the prefix pass edits nothing; SPIN and HGAI find each prompt's last row)."""
+    from sinklens.builtin import demo_scene
+    from sinklens.data.scenes import scene
+    from sinklens.run import PrefixStore
+
+    assert METHODS[case]().prefix_safe
+    questions = ["What is in the image?", "what colour ?", "is there a red circle ? answer yes or no .", "where ?",
+                 "describe the picture .", "how many things are there ?"]  # fmt: skip
+    name = "tiny-llava"
+    runner, lm = runner_for(name), runner_for(name).loaded
+    examples = [(demo_scene(name), q) for q in questions] + [(scene("heldout", 3).image(), questions[2])]
+    whole = runner.generate(lm.prepare_batch(examples), [METHODS[case]()], max_new_tokens=STEPS)
+    store = PrefixStore.for_stack([METHODS[case]()])
+    shared = runner.generate(lm.prepare_batch(examples), [METHODS[case]()], max_new_tokens=STEPS, prefixes=store)
+    assert shared.sharing.shared and (shared.sharing.prompts, shared.sharing.computed) == (7, 2)
+    assert_logits_close(shared.step_logits, whole.step_logits, TOLERANCE, f"{case} shared prefixes")
+    assert shared.tokens == whole.tokens

@@ -56,8 +56,8 @@ def scaled_layers(first: int, stop: int, n_layers: int, published_depth: int = P
 class VAF:
     """ClearSight's Visual Amplification Fusion: image scores times `1 + alpha`, system-prompt scores times `1 - beta`.
 
-    Yin et al., "ClearSight: Visual Signal Enhancement for Object Hallucination
-    Mitigation in Multimodal Large Language Models" (CVPR 2025); code:
+    "ClearSight: Visual Signal Enhancement for Object Hallucination Mitigation
+    in Multimodal Large Language Models" (2025); code:
     github.com/ustc-hyin/ClearSight, `visaug/inference/AttnAdapter.py` (the rule)
     and `visaug/inference/infer_pope.py` / `infer_pope.sh` (layers `9 <= i < 15`,
     `--enh-para 1.15 --sup-para 0.95`, hence alpha 0.15 and beta 0.05).
@@ -127,8 +127,8 @@ SPIN_KEY = "_spin_heads"  # ctx.scratch[SPIN_KEY][layer]: the kept heads, from t
 class SPIN:
     """SPIN: on the last query row, scale the output of the heads that attend least to the image by `alpha`.
 
-    Che et al., "Seeing but Not Believing? ... SPIN: Suppressing image-inattentive
-    heads" (EMNLP 2025); code: github.com/YUECHE77/SPIN, `attentionSPIN.py`
+    "Mitigating Hallucinations in Vision-Language Models through Image-Guided
+    Head Suppression" (EMNLP 2025, arXiv 2505.16411); code: github.com/YUECHE77/SPIN, `attentionSPIN.py`
     (the rule, `llama_new_forward`) and its README (LLaVA-1.5 POPE:
     `--start-layer 0 --end-layer 32 --routed-heads 0.8 --small-num-mask 0.1`;
     CHAIR captions: `--routed-heads 0.95 --small-num-mask 0.08`).

@@ -1,8 +1,8 @@
 """Three published training-free attention edits, as pure ops on pre-softmax scores.
 
-- `vaf_scores`: ClearSight's Visual Amplification Fusion (Yin et al., CVPR 2025): the
+- `vaf_scores`: ClearSight's Visual Amplification Fusion (2025): the
   scores of image keys times `1 + alpha`, those of system-prompt keys times `1 - beta`.
-- `spin_head_keep`: SPIN (Che et al., EMNLP 2025): which heads keep their output on
+- `spin_head_keep`: SPIN (EMNLP 2025, arXiv 2505.16411): which heads keep their output on
   the last query row, ranked by their image scores.
 - `hgai_scores`: the heads-guided attention intervention of "Devils in Middle Layers"
   (Jiang et al., CVPR 2025): image scores plus `alpha` times their mean magnitude over heads.
