@@ -206,4 +206,5 @@ def scaled_layers(first: int, stop: int, n_layers: int, depth: int = 32) -> tupl
     from fractions import Fraction
 
     lo, hi = Fraction(first, depth), Fraction(stop, depth)
-    return tuple(layer for layer in range(n_layers) if Fraction(layer, n_layers) < hi and Fraction(layer + 1, n_layers) > lo)
+    return tuple(layer for layer in range(n_layers)
+                 if Fraction(layer, n_layers) < hi and Fraction(layer + 1, n_layers) > lo)
