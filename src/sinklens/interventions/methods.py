@@ -220,7 +220,7 @@ def _spin_scale(z: Tensor, ctx: RunContext, *, layer: int, alpha: float) -> Tens
 
 @dataclass(frozen=True, kw_only=True)
 class HGAI:
-    """Heads-guided attention intervention: on the last row, image scores plus `alpha` times their mean |score| over heads.
+    """Heads-guided intervention: on the last row, image scores plus `alpha` times their mean |score| over heads.
 
     Jiang et al., "Devils in Middle Layers of Large Vision-Language Models:
     Interpreting, Detecting and Mitigating Object Hallucinations via Attention
