@@ -11,19 +11,21 @@ from sinklens.ops.contrastive import contrastive_logits, diffusion_noise, diffus
 from sinklens.ops.discovery import discover_sink_dims, massive_layers
 from sinklens.ops.heads import image_centric, key_mass, mean_head_ratio, visual_nonsink_ratio, visual_sink_share
 from sinklens.ops.masking import mask_keys, visible_keys
+from sinklens.ops.methods import hgai_scores, spin_head_keep, vaf_scores
 from sinklens.ops.redistribute import redistribute
 from sinklens.ops.sinks import dimension_magnitudes, sink_dimension_value, sink_mask
 
 __all__ = [
     "attention_contribution",
     "boost_image_scores",
-    "contribution_sum",
     "contrastive_logits",
+    "contribution_sum",
     "diffusion_noise",
     "diffusion_schedule",
     "dimension_magnitudes",
     "discover_sink_dims",
     "head_value_outputs",
+    "hgai_scores",
     "image_centric",
     "key_mass",
     "mask_keys",
@@ -35,6 +37,8 @@ __all__ = [
     "redistribute",
     "sink_dimension_value",
     "sink_mask",
+    "spin_head_keep",
+    "vaf_scores",
     "visible_keys",
     "visual_nonsink_ratio",
     "visual_sink_share",
