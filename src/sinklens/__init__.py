@@ -23,8 +23,8 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and
     from sinklens.backends.transformer_lens_backend import TransformerLensRunner
     from sinklens.explorer import explore
     from sinklens.interventions import (
-        PAI, VAR, VCD, AttentionContribution, AttentionMaps, Edit, FindSinks, FindVisionSinks, HeadScores,
-        LogitsHook, OnPass, RandomAblation, SinkAblation, SinkDimensionScan, Stack,
+        HGAI, PAI, SPIN, VAF, VAR, VCD, AttentionContribution, AttentionMaps, Edit, FindSinks, FindVisionSinks,
+        HeadScores, LogitsHook, OnPass, RandomAblation, SinkAblation, SinkDimensionScan, Stack,
     )
     from sinklens.models import LoadedModel, from_hf, load
     from sinklens.run import Hook, RunContext, expand_inputs
@@ -33,7 +33,8 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and
 _EXPORTS = {
     "sinklens.interventions": (
         "AttentionContribution", "AttentionMaps", "HeadScores", "RandomAblation", "SinkAblation", "SinkDimensionScan",
-        "PAI", "VAR", "VCD", "Edit", "FindSinks", "FindVisionSinks", "LogitsHook", "OnPass", "Stack",
+        "PAI", "VAF", "SPIN", "HGAI", "VAR", "VCD", "Edit", "FindSinks", "FindVisionSinks", "LogitsHook", "OnPass",
+        "Stack",
     ),
     "sinklens.run": ("Hook", "RunContext", "expand_inputs"),
     "sinklens.models": ("LoadedModel", "from_hf", "load"),

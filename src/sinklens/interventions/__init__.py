@@ -9,6 +9,7 @@ from sinklens.interventions.analysis import (
     image_map,
 )
 from sinklens.interventions.decoding import VCD, LogitsHook, OnPass
+from sinklens.interventions.methods import HGAI, SPIN, VAF, scaled_layers
 from sinklens.interventions.pai import PAI
 from sinklens.interventions.scan import SinkDimensionScan
 from sinklens.interventions.sinks import FindSinks
@@ -24,6 +25,10 @@ __all__ = [
     "SinkAblation",
     "image_map",
     "PAI",
+    "HGAI",
+    "SPIN",
+    "VAF",
+    "scaled_layers",
     "VAR",
     "VCD",
     "Edit",
