@@ -22,6 +22,7 @@ STUDIES = {
     "fig4_head_ranking": ("ranked", "examples"),
     "sink_frequency_by_layer": ("per_layer",),
     "table_var": ("rows",),
+    "vision_to_language_sinks": ("per_layer", "dimensions", "finding"),
 }
 pytestmark = [pytest.mark.study, pytest.mark.slow]
 
@@ -208,8 +209,10 @@ def test_study_in_batches_gives_the_numbers_of_one_prompt_at_a_time(name, tmp_pa
     else:
         source = ("--images", str(_photos_with_few_sinks(tmp_path / "photos")))
     results = {}
+    # the vision study maps patches to image tokens one to one: LLaVA-1.5's layout, with a tower that has high norms
+    model = ("tiny-llava", "--plant-vision-sinks") if name == "vision_to_language_sinks" else (BATCHED_MODEL,)
     for size in (1, 2):
-        done = run_study(name, tmp_path / f"batch{size}", "--smoke", "--model", BATCHED_MODEL, *source, "--n", "3",
+        done = run_study(name, tmp_path / f"batch{size}", "--smoke", "--model", *model, *source, "--n", "3",
                          "--batch-size", str(size))  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
         results[size] = json.loads((tmp_path / f"batch{size}" / f"{name}.json").read_text())
@@ -245,3 +248,25 @@ def test_batches_are_padded_on_the_left_with_each_prompt_on_its_own_positions(tm
         for e in examples:
             alone = lm.prepare(e.source.image(), e.question)["input_ids"][0]
             assert e.length == alone.shape[0] and e.own(inputs["input_ids"]).tolist() == alone.tolist()
+
+
+def test_vision_to_language_sinks_on_a_tower_with_planted_high_norm_patches(tmp_path):
+    """tiny-llava with high-norm patches planted on bright patches (which its language model turns into visual
+    sinks): the high-norm patches are sinks far above the random-patch control; toy-llava's tower has none."""
+    from sinklens.builtin.tiny_llava import draw_scene
+
+    images = tmp_path / "scenes"
+    images.mkdir()
+    for index in range(6):
+        draw_scene(white_patches=(index, 20 + index)).save(images / f"scene_{index}.png")
+    done = run_study("vision_to_language_sinks", tmp_path / "out", "--model", "tiny-llava", "--plant-vision-sinks",
+                     "--images", str(images), "--n", "6")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads((tmp_path / "out" / "vision_to_language_sinks.json").read_text())
+    layer = data["per_layer"][2]
+    assert layer["prompts"] == 6 and layer["observed"] == 1.0 and layer["random_control"] < 0.1
+    assert layer["difference_ci95"][0] > 0.5
+    assert data["dimensions"]["high_norm_and_sink"]["dims"][0] == 7  # the planted sink dimension, as BOS's
+    toy = run_study("vision_to_language_sinks", tmp_path / "toy", "--smoke")
+    assert toy.returncode == 0, toy.stderr[-3000:]
+    assert "no high-norm token" in json.loads((tmp_path / "toy" / "vision_to_language_sinks.json").read_text())["finding"]

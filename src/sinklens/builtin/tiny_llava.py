@@ -94,6 +94,28 @@ def plant_sinks(model, dim: int = TINY_SINK_DIM) -> None:
     plant_white_detector(projector.linear_1, projector.linear_2, [0], weight=8.0, bias=-20.0, dim=dim)
 
 
+def plant_vision_sinks(model, *, channel: int = 1, scale: float = 20.0) -> None:
+    """Give near-white patches a high norm in the vision tower, as trained ViTs give their register-like tokens.
+
+    For `studies/vision_to_language_sinks.py`: tiny-llava's tower has no high-norm
+    token of its own (nor has toy-llava's DINOv2-S). In the layer LLaVA reads
+    its features from (`vision_feature_layer` -2: layer 0 of 2), MLP neuron 0
+    fires on a bright patch (its normalised brightness channel 0, about 3.7 on
+    white and below 0 elsewhere) and writes `scale` x its activation into
+    `channel`, about 20x the median token norm. The projector ignores `channel`,
+    so the language model's visual sinks (the white patches) stay where they were.
+    """
+    import torch
+
+    layer = model.model.vision_tower.encoder.layers[model.config.vision_feature_layer]
+    with torch.no_grad():
+        layer.mlp.fc1.weight[0].zero_()
+        layer.mlp.fc1.weight[0, 0], layer.mlp.fc1.bias[0] = 4.0, -8.0
+        layer.mlp.fc2.weight[:, 0].zero_()
+        layer.mlp.fc2.weight[channel, 0] = scale
+        model.model.multi_modal_projector.linear_1.weight[:, channel].zero_()
+
+
 def build_tiny_llava(*, seed: int = 0, plant: bool = True, n_kv_heads: int = 8):
     """(model, processor): a tiny LLaVA in fp32 with eager attention, on the CPU."""
     from transformers import LlavaForConditionalGeneration
