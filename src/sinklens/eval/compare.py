@@ -1,9 +1,12 @@
 """Several stacks on the same questions, with paired statistics: `sinklens compare`.
 
-Each stack answers the benchmark into a folder of its own (`OUT/NAME/`,
-resumable like `sinklens eval`); then every stack is compared with the first
-(the reference, usually the baseline) on the same questions: accuracies, the
-paired difference with its 95% bootstrap interval, and the exact McNemar test.
+The baseline (no intervention) always runs, first, under the name `baseline`.
+Each stack answers the benchmark into a folder of its own (`OUT/NAME/`, its
+rows one JSONL, resumable like `sinklens eval`); then every stack is compared
+with the baseline, and each pair the user names with each other, on the same
+questions: the metrics, the paired difference of accuracy (POPE, VQA) or of
+hallucination-free captions (CHAIR) with its 95% bootstrap interval, and the
+exact McNemar test.
 Written to `OUT/compare.json` (the summary), `OUT/compare.jsonl` (one row per
 question: each stack's answer and whether it is right) and `OUT/compare.png`
 (the differences with their intervals; the title says model, benchmark and n).
@@ -23,39 +26,57 @@ from sinklens.eval.stats import describe, paired
 from sinklens.interventions.specs import describe as describe_spec
 
 FILES = ("compare.json", "compare.jsonl", "compare.png")
+BASELINE = "baseline"
+# the metrics a table shows per benchmark kind (each from that benchmark's own metrics)
+COLUMNS = {"pope": ("accuracy", "f1", "yes_ratio"), "vqa": ("accuracy",), "captions": ("chair_s", "chair_i", "accuracy")}
 
 
 def check_stack_names(names: Sequence[str]) -> None:
-    """Stack names are folder names: distinct, and plain (letters, digits, `-`, `_`, `.`)."""
-    if len(names) < 2:
-        raise ParameterError(f"compare needs at least two stacks (the first is the reference); got {len(names)}: "
-                             "give --stack NAME=SPEC twice or more, e.g. --stack baseline= --stack var=VAR")  # fmt: skip
-    bad = [name for name in names if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith(".")]
+    """Stack names are folder names: distinct and plain (letters, digits, `-`, `_`, `.`, `+`); `baseline` is taken."""
+    if not names:
+        raise ParameterError("compare needs at least one stack besides the baseline: give --stack NAME=SPEC, e.g. "
+                             "--stack var='FindSinks(); VAR()', or --stacks FILE.toml")  # fmt: skip
+    bad = [name for name in names if not name or not all(c.isalnum() or c in "-_.+" for c in name) or name.startswith(".")]
     if bad:
-        raise ParameterError(f"stack names {bad} cannot be folder names; use letters, digits, '-', '_' and '.'")
+        raise ParameterError(f"stack names {bad} cannot be folder names; use letters, digits, '-', '_', '.' and '+'")
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise ParameterError(f"stack names {repeated} are given twice; each stack needs its own name")
+    if BASELINE in names:
+        raise ParameterError(f"{BASELINE!r} is the stack without interventions, which always runs; name yours otherwise")
+
+
+def check_pairs(pairs: Sequence[tuple[str, str]], names: Sequence[str]) -> None:
+    """Each named pair: two different stacks of this comparison."""
+    known = [BASELINE, *names]
+    for a, b in pairs:
+        missing = [name for name in (a, b) if name not in known]
+        if missing or a == b:
+            raise ParameterError(f"--pair {a},{b}: " + (f"no stack named {missing} (the stacks: {', '.join(known)})"
+                                 if missing else "a stack against itself"))  # fmt: skip
 
 
 def compare(
     loaded: Any, runner: Any, benchmark: Benchmark, stacks: Mapping[str, list[Any]], *, out: Path, options: Options,
+    pairs: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
-    """Run every stack on `benchmark` (each resumable in `out/NAME`), then compare each with the first."""
+    """Run the baseline and every stack on `benchmark` (each resumable in `out/NAME`), then compare them."""
     check_stack_names(list(stacks))
+    check_pairs(pairs, list(stacks))
+    stacks = {BASELINE: [], **stacks}
     out.mkdir(parents=True, exist_ok=True)
-    metrics = {}
-    for name, members in stacks.items():
-        metrics[name] = evaluate(loaded, runner, benchmark, out=out / name, interventions=members, options=options)
+    metrics = {name: evaluate(loaded, runner, benchmark, out=out / name, interventions=members, options=options)
+               for name, members in stacks.items()}  # fmt: skip
     ids = [item.id for item in benchmark.items]
     right = {name: correct(out / name, benchmark.kind, ids) for name in stacks}
-    reference = next(iter(stacks))
+    versus = [(BASELINE, name) for name in stacks if name != BASELINE] + [tuple(pair) for pair in pairs]
     summary = {
-        "model": loaded.name, "benchmark": benchmark.name, "n": len(ids), "reference": reference,
+        "model": loaded.name, "benchmark": benchmark.name, "kind": benchmark.kind, "n": len(ids), "reference": BASELINE,
+        "correct_means": "no absent object named" if benchmark.kind == "captions" else "the answer is right",
         "stacks": {name: {"spec": describe_spec(list(members)), "accuracy": _accuracy(right[name].values()),
                           "metrics": _numbers(metrics[name])} for name, members in stacks.items()},
-        "paired": {name: paired([right[reference][i] for i in ids], [right[name][i] for i in ids])
-                   for name in stacks if name != reference},
+        "paired": {f"{b} vs {a}": {"a": a, "b": b, **paired([right[a][i] for i in ids], [right[b][i] for i in ids])}
+                   for a, b in versus},
     }  # fmt: skip
     (out / "compare.json").write_text(json.dumps(summary, indent=2) + "\n")
     _write_rows(out, benchmark, list(stacks), ids)
@@ -64,12 +85,15 @@ def compare(
 
 
 def table(summary: Mapping[str, Any]) -> str:
-    """A markdown table of the summary: each stack's accuracy and its paired difference from the reference."""
-    lines = [f"{summary['model']}, {summary['benchmark']}, n = {summary['n']} (reference: {summary['reference']})", "",
-             "| stack | spec | accuracy | vs reference: points [95% CI], McNemar |", "|---|---|---|---|"]  # fmt: skip
+    """A markdown table of the summary: each stack's metrics, then every paired comparison."""
+    columns = COLUMNS.get(summary["kind"], ("accuracy",))
+    lines = [f"{summary['model']}, {summary['benchmark']}, n = {summary['n']}", "",
+             "| stack | spec | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]  # fmt: skip
     for name, stack in summary["stacks"].items():
-        versus = describe(summary["paired"][name]) if name in summary["paired"] else "reference"
-        lines.append(f"| {name} | `{stack['spec']}` | {100 * stack['accuracy']:.1f} | {versus} |")
+        values = [stack["metrics"].get(column, stack["accuracy"] if column == "accuracy" else float("nan")) for column in columns]
+        lines.append(f"| {name} | `{stack['spec'] or '(none)'}` | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+    lines += ["", f"| comparison | {summary['correct_means']}: points [95% CI], McNemar |", "|---|---|"]
+    lines += [f"| {name} | {describe(comparison)} |" for name, comparison in summary["paired"].items()]
     return "\n".join(lines)
 
 
@@ -86,7 +110,7 @@ def plot(summary: Mapping[str, Any], path: Path) -> None:
         ax.plot([100 * comparison["difference"]], [row], "o", color="tab:blue")
     ax.axvline(0.0, color="grey", linewidth=1, linestyle="--")
     ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel(f"accuracy - {summary['reference']} (points; 95% paired bootstrap CI)")
+    ax.set_xlabel(f"difference in share where {summary['correct_means']} (points; 95% paired bootstrap CI)")
     ax.set_title(f"{summary['model']}, {summary['benchmark']}, n = {summary['n']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -99,7 +123,7 @@ def _write_rows(out: Path, benchmark: Benchmark, names: list[str], ids: list[str
     with (out / "compare.jsonl").open("w") as f:
         for i in ids:
             first = rows[names[0]][i]
-            shared = {"question": questions[i], **{key: first[key] for key in ("label", "image", "scene") if key in first}}
+            shared = {"question": questions[i], **{key: first[key] for key in ("label", "image", "scene", "objects") if key in first}}
             answers = {name: {"answer": rows[name][i].get("answer"), "correct": right[name][i]} for name in names}
             f.write(json.dumps({"id": i, **shared, "stacks": answers}) + "\n")
 

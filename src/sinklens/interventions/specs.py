@@ -1,8 +1,9 @@
-"""Stacks written as text: `"FindSinks + VAR(p=0.6, rho=0.8)"`, for the command line and stack files.
+"""Stacks written as text: `"FindSinks(); VAR(p=0.6, rho=0.8)"`, for the command line and stack files.
 
-A spec is members joined by `+`, each a name with optional keyword arguments
-in Python literal syntax. Names ignore case, `-` and `_` (`find-sinks`,
-`FindSinks` and `findsinks` are one member). The empty spec, `baseline` and
+A spec is members separated by `;` (or `+`), each a name with optional keyword
+arguments in Python literal syntax (`VAR`, `VAR()` and `VAR(rho=0.8)` all
+parse). Names are sinklens' class names, ignoring case, `-` and `_`
+(`find-sinks`, `FindSinks` and `findsinks` are one member). The empty spec, `baseline` and
 `none` are the empty stack. A member that reads the sinks FindSinks finds (VAR,
 SinkAblation, RandomAblation, HeadScores) gets a `FindSinks` of its own
 convention in front when the spec has none, so `"VAR"` means what the paper
@@ -56,23 +57,23 @@ def parse_stack(spec: str) -> list[Any]:
 def describe(members: list[Any]) -> str:
     """A spec that parses back to `members`: each member with the fields that differ from its defaults."""
     if not members:
-        return "baseline"
+        return ""
     parts = []
     for member in members:
         changed = [f"{f.name}={getattr(member, f.name)!r}" for f in dataclasses.fields(member)
                    if f.init and f.default is not dataclasses.MISSING and getattr(member, f.name) != f.default]  # fmt: skip
         parts.append(type(member).__name__ + (f"({', '.join(changed)})" if changed else ""))
-    return " + ".join(parts)
+    return "; ".join(parts)
 
 
 def _split(spec: str) -> list[str]:
-    """The members of a spec: split at `+` outside parentheses."""
+    """The members of a spec: split at `;` or `+` outside parentheses."""
     parts, depth, current = [], 0, []
     for char in spec:
         depth += {"(": 1, ")": -1}.get(char, 0)
         if depth < 0:
             raise ParameterError(f"stack spec {spec!r} closes a parenthesis it never opened")
-        if char == "+" and depth == 0:
+        if char in ";+" and depth == 0:
             parts.append("".join(current))
             current = []
         else:
@@ -88,7 +89,8 @@ def _member(text: str, spec: str) -> Any:
 
     match = _MEMBER.match(text)
     if match is None:
-        raise ParameterError(f"stack spec {spec!r}: {text.strip()!r} is not NAME or NAME(key=value, ...)")
+        shown = text.strip() or "an empty member (two separators in a row, or one at an end)"
+        raise ParameterError(f"stack spec {spec!r}: could not read {shown!r}; write NAME or NAME(key=value, ...)")
     name, arguments = match.group(1), match.group(2)
     key = name.lower().replace("-", "").replace("_", "")
     if key not in MEMBERS or not hasattr(interventions, MEMBERS[key]):
@@ -108,7 +110,8 @@ def _arguments(text: str, cls: type, spec: str) -> dict[str, Any]:
     try:
         call = ast.parse(f"f({text})", mode="eval").body
     except SyntaxError as e:
-        raise ParameterError(f"stack spec {spec!r}: {cls.__name__}({text}) is not key=value, ... ({e.msg})") from e
+        raise ParameterError(f"stack spec {spec!r}: could not read {cls.__name__}({text}); write key=value, ... "
+                             f"({e.msg})") from e  # fmt: skip
     assert isinstance(call, ast.Call)
     if call.args:
         raise ParameterError(f"stack spec {spec!r}: {cls.__name__} takes keyword arguments only (key=value)")
