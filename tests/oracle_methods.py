@@ -105,7 +105,8 @@ def hgai(scores: Tensor, image: Tensor, queries: Tensor, alpha: float) -> Tensor
 def prompt_rows(ctx, n_rows: int) -> Tensor:
     """`[batch, n_rows]` for a scores tensor holding every row: the text queries after the last image (prefill),
     the new token (decoding)."""
-    image = ctx.image.mask.cpu()
+    # the image's extent: an image ends at its last token, which may be markup (LLaVA-NeXT's last image-newline)
+    image = (ctx.image.region if ctx.image.region is not None else ctx.image.mask).cpu()
     batch, length = image.shape
     if not ctx.prefill:
         return torch.ones(batch, n_rows, dtype=torch.bool)
