@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and
     from sinklens.explorer import explore
     from sinklens.interventions import (
         HGAI, PAI, SPIN, VAF, VAR, VCD, AttentionContribution, AttentionMaps, Edit, FindSinks, FindVisionSinks,
-        HeadScores, LogitsHook, OnPass, RandomAblation, SinkAblation, SinkDimensionScan, Stack,
+        HeadScores, LogitsHook, OnPass, RandomAblation, SinkAblation, SinkDimensionScan, Stack, TestTimeRegisters,
     )
     from sinklens.models import LoadedModel, from_hf, load
     from sinklens.run import Hook, RunContext, expand_inputs
@@ -34,7 +34,7 @@ _EXPORTS = {
     "sinklens.interventions": (
         "AttentionContribution", "AttentionMaps", "HeadScores", "RandomAblation", "SinkAblation", "SinkDimensionScan",
         "PAI", "VAF", "SPIN", "HGAI", "VAR", "VCD", "Edit", "FindSinks", "FindVisionSinks", "LogitsHook", "OnPass",
-        "Stack",
+        "Stack", "TestTimeRegisters",
     ),
     "sinklens.run": ("Hook", "RunContext", "expand_inputs"),
     "sinklens.models": ("LoadedModel", "from_hf", "load"),

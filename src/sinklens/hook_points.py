@@ -18,6 +18,7 @@ The vision tower, in the same style, before any of them (it runs in the prefill
 only; its tensors keep the tower's own layout, e.g. `[crops, tokens, d_vision]`
 or Qwen's `[patches, d_vision]`):
 
+    vision.blocks.{l}.hook_resid_pre       residual entering vision layer l
     vision.blocks.{l}.hook_resid_post      residual leaving vision layer l
     vision.blocks.{l}.mlp.hook_post        the MLP's hidden activation (input of its output projection)
     vision.blocks.{l}.attn.hook_pattern    post-softmax attention of vision layer l
@@ -48,7 +49,7 @@ LAYER_POINTS: tuple[str, ...] = (
     "hook_resid_post",
 )
 MODEL_POINTS: tuple[str, ...] = ("hook_logits",)
-VISION_LAYER_POINTS: tuple[str, ...] = ("attn.hook_pattern", "mlp.hook_post", "hook_resid_post")
+VISION_LAYER_POINTS: tuple[str, ...] = ("hook_resid_pre", "attn.hook_pattern", "mlp.hook_post", "hook_resid_post")
 VISION_POINTS: tuple[str, ...] = ("vision.hook_out", "projector.hook_out")
 # catalogue keys of the vision points: "vision." + the layer point, and the two model-level ones
 VISION_KINDS: tuple[str, ...] = tuple(f"vision.{point}" for point in VISION_LAYER_POINTS) + VISION_POINTS

@@ -11,6 +11,7 @@ from sinklens.interventions.analysis import (
 from sinklens.interventions.decoding import VCD, LogitsHook, OnPass
 from sinklens.interventions.methods import HGAI, SPIN, VAF, scaled_layers
 from sinklens.interventions.pai import PAI
+from sinklens.interventions.registers import TestTimeRegisters, find_register_neurons
 from sinklens.interventions.scan import SinkDimensionScan
 from sinklens.interventions.sinks import FindSinks
 from sinklens.interventions.stack import Edit, Stack
@@ -25,6 +26,8 @@ __all__ = [
     "SinkAblation",
     "image_map",
     "PAI",
+    "TestTimeRegisters",
+    "find_register_neurons",
     "HGAI",
     "SPIN",
     "VAF",

@@ -32,6 +32,7 @@ MEMBERS = {
     "vaf": "VAF",
     "spin": "SPIN",
     "hgai": "HGAI",
+    "testtimeregisters": "TestTimeRegisters",
 }
 # members that read ctx.sinks: they need a FindSinks before them
 _READS_SINKS = frozenset({"VAR", "SinkAblation", "RandomAblation", "HeadScores"})

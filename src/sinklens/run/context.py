@@ -69,20 +69,22 @@ class RunSpec:
     # the image prefixes alone, to be cached: the prompts go on after these positions, so no row is a query
     is_prefix: bool = False
     n_vision_layers: int = 0  # the vision tower's layers (0: not known)
+    tower_type: str | None = None  # the vision tower's kind (vision_config.model_type)
 
     @classmethod
     def of(
         cls, image: ImageSpans, attention_mask: Tensor, *, n_layers: int, sink_dims: tuple[int, ...] | None = None,
         d_model: int | None = None, default_tau: float | None = None, model_name: str | None = None,
         passes: Mapping[str, slice] | None = None, first_position: int = 0, is_prefix: bool = False,
-        n_vision_layers: int = 0,
+        n_vision_layers: int = 0, tower_type: str | None = None,
     ) -> RunSpec:
         """The spec of a batch whose image spans are known (the text start is derived here, once)."""
         text_start = image.text_start
         return cls(image=image, attention_mask=attention_mask.bool(), n_layers=n_layers, text_start=text_start,
                    text_from=int(text_start.min()), sink_dims=sink_dims, d_model=d_model, default_tau=default_tau,
                    model_name=model_name, passes=dict(passes or {}), first_position=first_position,
-                   is_prefix=is_prefix, n_vision_layers=n_vision_layers)  # fmt: skip
+                   is_prefix=is_prefix, n_vision_layers=n_vision_layers,
+                   tower_type=tower_type)  # fmt: skip
 
 
 @dataclass

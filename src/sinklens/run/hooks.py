@@ -67,6 +67,11 @@ class Hook:
     the declaration of their intervention (its class attribute `prefix_safe`);
     a user's own function is unsafe unless it says otherwise, and a stack with
     an unsafe hook runs question by question.
+
+    `resizes=True` lets a function at a vision-tower point return a tensor
+    with another number of tokens (dimension 1), as test-time registers append
+    tokens and drop them before the projector; everywhere else a function
+    returns the shape it was given.
     """
 
     name: str
@@ -76,6 +81,7 @@ class Hook:
     weights: bool = False
     query_rows: bool = False
     prefix_safe: bool = False
+    resizes: bool = False
     member: str = ""
     occurrence: int | None = field(default=None, compare=False, repr=False)
 

@@ -80,7 +80,8 @@ def make_context(loaded: LoadedModel, inputs: Mapping[str, Tensor], members: Mem
     passes = member.passes(int(inputs["input_ids"].shape[0])) if member is not None else {}
     spec = RunSpec.of(spans, attention_mask, n_layers=loaded.n_layers, sink_dims=loaded.sink_dims,
                       d_model=loaded.d_model, default_tau=loaded.default_tau, model_name=loaded.name,
-                      passes=passes, n_vision_layers=loaded.n_vision_layers)  # fmt: skip
+                      passes=passes, n_vision_layers=loaded.n_vision_layers,
+                      tower_type=loaded.catalogue.tower_type)  # fmt: skip
     return RunContext(spec)
 
 

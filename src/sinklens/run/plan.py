@@ -74,6 +74,14 @@ def plan(members: Members | Member, ctx: RunContext) -> Plan:
 _NEG_INF_ALLOWED = ("attn.hook_attn_scores", "hook_logits")
 
 
+def _shape_ok(result: Tensor, value: Tensor, hook: Hook) -> bool:
+    """The same shape, or, for a resizing hook at a vision point, the same shape but for the token count."""
+    if result.shape == value.shape:
+        return True
+    resizable = hook.resizes and hook.point.in_vision and result.dim() == value.dim() >= 2
+    return resizable and result.shape[0] == value.shape[0] and result.shape[2:] == value.shape[2:]
+
+
 def apply_point(
     hooks: Sequence[Hook], value: Tensor, ctx: RunContext, weights: ModuleWeights | None = None
 ) -> Tensor | None:
@@ -107,7 +115,7 @@ def apply_point(
                 f"{describe_hook(hook)} is declared read-only (writes=False) but returned a "
                 f"{type(result).__name__}; return None, or declare Hook(..., writes=True)"
             )
-        if not isinstance(result, Tensor) or result.shape != value.shape:
+        if not isinstance(result, Tensor) or not _shape_ok(result, value, hook):
             got = tuple(result.shape) if isinstance(result, Tensor) else type(result).__name__
             raise HookContractError(
                 f"{describe_hook(hook)} returned {got}, but the point holds a tensor of shape "
