@@ -14,7 +14,7 @@ LMMS_STAMP := $(LMMS_VENV)/.installed-stamp
 # wandb 0.31.0 and protobuf 7.36.2), so the pinned wandb stays. Neither is used by sinklens' model.
 LMMS_SKIP  := torchvision timm wandb
 
-.PHONY: demo test test-fast test-lmms-eval bench clean
+.PHONY: demo test test-fast test-lmms-eval notebooks bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -65,6 +65,11 @@ test-lmms-eval: $(LMMS_STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q
 	SINKLENS_NO_SHAPE_CHECKS=1 $(PY) -m pytest -m "ships and not slow" -q
+
+# execute every notebook in notebooks/ in place and store its outputs (tests/test_notebooks.py then checks
+# that a fresh run gives them)
+notebooks: $(STAMP)
+	$(PY) -m sinklens.testing.notebooks
 
 bench: $(STAMP)
 	$(PY) benchmarks/var_overhead.py

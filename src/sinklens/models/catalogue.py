@@ -19,7 +19,7 @@ from sinklens.errors import CatalogueError, UnknownArchitectureError
 from sinklens.hf import AttentionRoute
 from sinklens.hf.rows_attention import ROWS_OPS
 from sinklens.hook_points import LAYER_POINTS, MODEL_POINTS, VISION_LAYER_POINTS, HookPoint
-from sinklens.models.spans import GRID_RULES
+from sinklens.models.grids import GRID_RULES
 
 _REQUIRED = ("architectures", "family", "image_token_field", "text_config_field", "grid")
 _GRID_RULES = tuple(GRID_RULES)

@@ -24,7 +24,8 @@ from sinklens.hf import ATTENTION_ROUTES, AttentionRoute
 from sinklens.models.catalogue import HookCatalogue, catalogue_for
 from sinklens.models.images import ImageConversionWarning, rgb_images
 from sinklens.models.sink_dims import known_sink_dims
-from sinklens.models.spans import ImageSpans, image_spans, square_grid
+from sinklens.models.grids import square_grid
+from sinklens.models.spans import ImageSpans, image_spans
 
 # an image, or several images shown in one prompt (in order); a path (str or Path) is opened
 Images = Image.Image | str | os.PathLike[str] | Sequence[Image.Image | str | os.PathLike[str]]
