@@ -152,10 +152,18 @@ def toy_runner(toy):
     return NnsightRunner(toy)
 
 
+# the 2026 families (issue 25): make test-fast keeps their layouts, semantics, catalogue, CLI and sink-dimension
+# tests; their batch and oracle parametrizations (the heaviest of the fast set) run in make test only
+FAMILIES_2026 = {"tiny-llava-onevision", "tiny-qwen3-vl", "tiny-gemma3", "tiny-smolvlm", "tiny-mistral3"}
+HEAVY_FOR_FAST = {"test_batch.py", "test_var_nnsight.py"}
+
+
 def pytest_collection_modifyitems(items):
-    """Mark `slow` every test that runs toy-llava (its fixtures, or a "toy-llava" parameter): make test-fast skips them."""
+    """Mark `slow` every test that runs toy-llava (its fixtures, or a "toy-llava" parameter), and the 2026 families'
+    batch and oracle parametrizations: make test-fast skips them."""
     for item in items:
         callspec = getattr(item, "callspec", None)
         parameters = [str(value) for value in callspec.params.values()] if callspec else []
-        if {"toy", "toy_runner"} & set(item.fixturenames) or "toy-llava" in parameters:
+        heavy_family = item.path.name in HEAVY_FOR_FAST and FAMILIES_2026 & set(parameters)
+        if {"toy", "toy_runner"} & set(item.fixturenames) or "toy-llava" in parameters or heavy_family:
             item.add_marker(pytest.mark.slow)
