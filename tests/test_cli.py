@@ -65,7 +65,9 @@ def test_bad_sink_dims_are_an_argparse_error(scene_path, tmp_path):
               "--out", str(tmp_path)])
 
 
-@pytest.mark.parametrize("name", ["tiny-llava-next", "tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-internvl"])
+@pytest.mark.parametrize("name", ["tiny-llava-next", "tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-internvl",
+                                  "tiny-llava-onevision", "tiny-qwen3-vl", "tiny-gemma3", "tiny-smolvlm",
+                                  "tiny-mistral3"])  # fmt: skip
 def test_run_on_every_architecture(name, tmp_path):
     scene = tmp_path / "scene.png"
     assert main(["draw-scene", "--model", name, "--out", str(scene)]) == 0

@@ -363,3 +363,21 @@ def test_a_study_on_ndif_without_a_key_fails_fast_saying_how_to_set_one(tmp_path
                           argv=["--model", "llava-hf/llava-1.5-7b-hf", "--remote", "ndif", "--out", str(tmp_path)])  # fmt: skip
     with pytest.raises(RemoteError, match="NDIF_API_KEY"):
         Study.start(settings)
+
+
+@pytest.mark.slow  # a simulated request per family, prefill and 4 steps
+@pytest.mark.parametrize("name", ["tiny-llava-onevision", "tiny-qwen3-vl", "tiny-gemma3", "tiny-smolvlm", "tiny-mistral3"])
+def test_the_2026_families_through_the_simulation_give_the_local_run(name):
+    """FindSinks + VAR as a remote request (nnsight's local simulation) on each new family: the local logits,
+    tokens and findings, and a request that names no module an NDIF server lacks."""
+    runner, inputs = runner_for(name), demo_inputs(name)
+    stack = lambda: [sl.FindSinks(), sl.VAR()]  # noqa: E731
+    simulation = Simulation()
+    local, remote = runner.forward(inputs, stack()), runner.forward(inputs, stack(), remote=simulation)
+    assert_logits_close(local.logits, remote.logits, TOLERANCE, f"{name} prefill")
+    assert simulation.payloads[0].foreign == frozenset()
+    _same_state(local.ctx, remote.ctx)
+    local_steps = runner.generate(inputs, stack(), max_new_tokens=4)
+    remote_steps = runner.generate(inputs, stack(), max_new_tokens=4, remote="local")
+    assert_logits_close(local_steps.step_logits, remote_steps.step_logits, TOLERANCE, f"{name} decoding")
+    assert local_steps.tokens == remote_steps.tokens
