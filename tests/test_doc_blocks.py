@@ -67,7 +67,9 @@ def test_the_pages_have_their_blocks():
 
 @pytest.mark.parametrize(("page", "language", "body"), BLOCKS, ids=[_label(*block) for block in BLOCKS])
 def test_a_block_runs_verbatim(page, language, body, tmp_path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", MPLBACKEND="Agg", TQDM_DISABLE="1")
+    # the `sinklens` of this interpreter's environment, as an installed shell command
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = dict(os.environ, HF_HUB_OFFLINE="1", MPLBACKEND="Agg", TQDM_DISABLE="1", PATH=path)
     env.pop("NDIF_API_KEY", None)
     if language == "python":
         return _run_python(body, tmp_path, env)
