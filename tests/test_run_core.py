@@ -220,6 +220,7 @@ def test_var_rows_while_decoding_are_the_new_token(runner, inputs):
 GENERATE_PATH = {
     "sinklens.backends.nnsight_backend", "sinklens.run.context", "sinklens.run.hooks", "sinklens.run.inputs",
     "sinklens.run.plan", "sinklens.run.results", "sinklens.models.loaded", "sinklens.models.spans",
+    "sinklens.models.grids",
     "sinklens.hook_points", "sinklens.models.catalogue", "sinklens.interventions.sinks", "sinklens.interventions.var",
 }
 
