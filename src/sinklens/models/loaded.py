@@ -195,8 +195,13 @@ class LoadedModel:
 
     @functools.cached_property
     def _added_tokens(self) -> dict[int, str]:
-        """The tokenizer's added tokens (markers such as SmolVLM's `<row_1_col_1>`), by id."""
-        return {token_id: text for text, token_id in self.tokenizer.get_added_vocab().items()}
+        """The tokenizer's added tokens (markers such as SmolVLM's `<row_1_col_1>`), by id.
+
+        Only the `split` rule reads them; a model described without a full tokenizer (a benchmark's stand-in that
+        only maps ids) has none, and the other rules do not need them.
+        """
+        added = getattr(self.tokenizer, "get_added_vocab", None)
+        return {token_id: text for text, token_id in added().items()} if callable(added) else {}
 
     def decode(self, token_ids: torch.Tensor) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True).strip()
