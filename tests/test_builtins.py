@@ -7,7 +7,8 @@ import pytest
 from sinklens.errors import ParameterError
 from sinklens.builtin import BUILTINS
 from sinklens.models import KNOWN, catalogue_for
-from sinklens.builtin.records import BUILTIN_MODELS, BUILTIN_NAMES, DEFAULT_MODEL, builtin
+from sinklens.builtin import DEFAULT_MODEL
+from sinklens.builtin.records import BUILTIN_MODELS, BUILTIN_NAMES, builtin
 from sinklens.builtin import demo_scene
 from sinklens.models.spans import ImageSpans
 

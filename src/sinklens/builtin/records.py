@@ -7,6 +7,7 @@ of `visual_sinks`. Adding a built-in is adding a record here.
 
 >>> builtin("tiny-llava").architecture
 'LlavaForConditionalGeneration'
+>>> from sinklens.builtin import DEFAULT_MODEL
 >>> BUILTIN_NAMES[0] == DEFAULT_MODEL
 True
 """
@@ -19,7 +20,6 @@ from typing import Any
 
 from PIL import Image
 
-from sinklens.builtin import DEFAULT_MODEL
 from sinklens.errors import ParameterError
 from sinklens.builtin.tiny_llava import build_tiny_llava, draw_scene, plant_sinks
 from sinklens.builtin.tiny_internvl import build_tiny_internvl, draw_internvl_scene, plant_internvl_sinks
