@@ -26,8 +26,10 @@ from typing import Any
 
 import torch
 
-from sinklens.builtin.tiny_shared import (TINY_SINK_DIM, chat_template, draw_blocks, plant_siglip_white_channel,
-                                           plant_text_sink, seeded, tiny_text_config, tiny_tokenizer)
+from sinklens.builtin.tiny_shared import (
+    TINY_SINK_DIM, build_eager, chat_template, draw_blocks, plant_siglip_white_channel, plant_text_sink,
+    tiny_text_config, tiny_tokenizer,
+)
 
 IMAGE_SIZE = 112
 PATCH = 14
@@ -84,13 +86,8 @@ def build_tiny_gemma3(*, seed: int = 0, plant: bool = True) -> tuple[Any, Any]:
     """(model, processor): a tiny Gemma 3 in fp32 with eager attention, on the CPU."""
     from transformers import Gemma3ForConditionalGeneration
 
-    processor = tiny_gemma3_processor()
-    config = tiny_gemma3_config(processor.tokenizer)
-    config._attn_implementation = "eager"
-    model = seeded(lambda: Gemma3ForConditionalGeneration(config), seed)
-    if plant:
-        plant_gemma3_sinks(model)
-    return model.eval(), processor
+    plant_sinks = plant_gemma3_sinks if plant else None
+    return build_eager(Gemma3ForConditionalGeneration, tiny_gemma3_config, tiny_gemma3_processor(), plant_sinks, seed)
 
 
 def draw_gemma3_scene() -> Any:

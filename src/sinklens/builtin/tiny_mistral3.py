@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from sinklens.builtin.tiny_shared import (TINY_SINK_DIM, brightness_channel, chat_template, draw_blocks,
-                                           plant_text_sink, plant_white_detector, seeded, tiny_text_config, tiny_tokenizer)
+from sinklens.builtin.tiny_shared import (TINY_SINK_DIM, build_eager, brightness_channel, chat_template, draw_blocks,
+                                           plant_text_sink, plant_white_detector, tiny_text_config, tiny_tokenizer)
 from sinklens.hf.processors import pixtral_processor_class
 
 PATCH = 8
@@ -83,13 +83,10 @@ def build_tiny_mistral3(*, seed: int = 0, plant: bool = True) -> tuple[Any, Any]
     """(model, processor): a tiny Mistral 3 in fp32 with eager attention, on the CPU."""
     from transformers import Mistral3ForConditionalGeneration
 
-    processor = tiny_mistral3_processor()
-    config = tiny_mistral3_config(processor.tokenizer)
-    config._attn_implementation = "eager"
-    model = seeded(lambda: Mistral3ForConditionalGeneration(config), seed)
-    if plant:
-        plant_mistral3_sinks(model)
-    return model.eval(), processor
+    plant_sinks = plant_mistral3_sinks if plant else None
+    return build_eager(
+        Mistral3ForConditionalGeneration, tiny_mistral3_config, tiny_mistral3_processor(), plant_sinks, seed
+    )
 
 
 def draw_mistral3_scene() -> Any:

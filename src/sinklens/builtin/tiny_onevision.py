@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sinklens.builtin.tiny_shared import (TINY_SINK_DIM, brightness_channel, chat_template, draw_blocks,
-                                           plant_text_sink, plant_white_detector, seeded, tiny_text_config, tiny_tokenizer)
+from sinklens.builtin.tiny_shared import (TINY_SINK_DIM, build_eager, brightness_channel, chat_template, draw_blocks,
+                                           plant_text_sink, plant_white_detector, tiny_text_config, tiny_tokenizer)
 from sinklens.hf.processors import image_only
 
 TILE = 84
@@ -84,13 +84,10 @@ def build_tiny_onevision(*, seed: int = 0, plant: bool = True) -> tuple[Any, Any
     """(model, processor): a tiny LLaVA-OneVision in fp32 with eager attention, on the CPU."""
     from transformers import LlavaOnevisionForConditionalGeneration
 
-    processor = tiny_onevision_processor()
-    config = tiny_onevision_config(processor.tokenizer)
-    config._attn_implementation = "eager"
-    model = seeded(lambda: LlavaOnevisionForConditionalGeneration(config), seed)
-    if plant:
-        plant_onevision_sinks(model)
-    return model.eval(), processor
+    plant_sinks = plant_onevision_sinks if plant else None
+    return build_eager(
+        LlavaOnevisionForConditionalGeneration, tiny_onevision_config, tiny_onevision_processor(), plant_sinks, seed
+    )
 
 
 def draw_onevision_scene() -> Any:

@@ -26,8 +26,8 @@ from __future__ import annotations
 from typing import Any
 
 from sinklens.builtin.tiny_qwen import IMAGE_MARKUP, QWEN_TOKENS, _token_ids
-from sinklens.builtin.tiny_shared import (TINY_SINK_DIM, brightness_channel, chat_template, draw_blocks,
-                                           plant_text_sink, plant_white_detector, seeded, tiny_text_config, tiny_tokenizer)
+from sinklens.builtin.tiny_shared import (TINY_SINK_DIM, build_eager, brightness_channel, chat_template, draw_blocks,
+                                           plant_text_sink, plant_white_detector, tiny_text_config, tiny_tokenizer)
 from sinklens.hf.processors import image_only
 
 PATCH = 16
@@ -45,7 +45,8 @@ def tiny_qwen3_processor() -> Any:
         patch_size=PATCH, merge_size=MERGE, temporal_patch_size=2,
     )  # fmt: skip
     return image_only(Qwen3VLProcessor)(
-        image_processor=image_processor, tokenizer=tiny_tokenizer(QWEN_TOKENS), chat_template=chat_template(IMAGE_MARKUP)
+        image_processor=image_processor, tokenizer=tiny_tokenizer(QWEN_TOKENS),
+        chat_template=chat_template(IMAGE_MARKUP),
     )
 
 
@@ -77,13 +78,8 @@ def build_tiny_qwen3_vl(*, seed: int = 0, plant: bool = True) -> tuple[Any, Any]
     """(model, processor): a tiny Qwen3-VL in fp32 with eager attention, on the CPU."""
     from transformers import Qwen3VLForConditionalGeneration
 
-    processor = tiny_qwen3_processor()
-    config = tiny_qwen3_config(processor.tokenizer)
-    config._attn_implementation = "eager"
-    model = seeded(lambda: Qwen3VLForConditionalGeneration(config), seed)
-    if plant:
-        plant_qwen3_sinks(model)
-    return model.eval(), processor
+    plant_sinks = plant_qwen3_sinks if plant else None
+    return build_eager(Qwen3VLForConditionalGeneration, tiny_qwen3_config, tiny_qwen3_processor(), plant_sinks, seed)
 
 
 def draw_qwen3_scene() -> Any:

@@ -123,6 +123,19 @@ def seeded(build: Callable[[], torch.nn.Module], seed: int) -> torch.nn.Module:
         torch.random.set_rng_state(state)
 
 
+def build_eager(
+    model_class: Any, make_config: Callable[[Any], Any], processor: Any, plant: Callable[[Any], None] | None, seed: int,
+) -> tuple[Any, Any]:
+    """(model, processor): `model_class` from `make_config(processor.tokenizer)` in fp32 with eager attention,
+    built under `seed`, its sinks planted by `plant` (None: random weights only)."""
+    config = make_config(processor.tokenizer)
+    config._attn_implementation = "eager"
+    model = seeded(lambda: model_class(config), seed)
+    if plant is not None:
+        plant(model)
+    return model.eval(), processor
+
+
 @torch.no_grad()
 def plant_text_sink(embed_tokens: torch.nn.Embedding, token_id: int, dim: int = TINY_SINK_DIM) -> None:
     """The BOS embedding gets `SINK_VALUE` in the sink dimension."""

@@ -26,8 +26,10 @@ from typing import Any
 
 import torch
 
-from sinklens.builtin.tiny_shared import (TINY_SINK_DIM, chat_template, draw_blocks, plant_siglip_white_channel,
-                                           plant_text_sink, seeded, tiny_text_config, tiny_tokenizer)
+from sinklens.builtin.tiny_shared import (
+    TINY_SINK_DIM, build_eager, chat_template, draw_blocks, plant_siglip_white_channel, plant_text_sink,
+    tiny_text_config, tiny_tokenizer,
+)
 from sinklens.hf.processors import image_only
 
 TILE = 128
@@ -92,13 +94,10 @@ def build_tiny_smolvlm(*, seed: int = 0, plant: bool = True) -> tuple[Any, Any]:
     """(model, processor): a tiny SmolVLM in fp32 with eager attention, on the CPU."""
     from transformers import SmolVLMForConditionalGeneration
 
-    processor = tiny_smolvlm_processor()
-    config = tiny_smolvlm_config(processor.tokenizer)
-    config._attn_implementation = "eager"
-    model = seeded(lambda: SmolVLMForConditionalGeneration(config), seed)
-    if plant:
-        plant_smolvlm_sinks(model)
-    return model.eval(), processor
+    plant_sinks = plant_smolvlm_sinks if plant else None
+    return build_eager(
+        SmolVLMForConditionalGeneration, tiny_smolvlm_config, tiny_smolvlm_processor(), plant_sinks, seed
+    )
 
 
 def draw_smolvlm_scene() -> Any:
