@@ -49,11 +49,14 @@ $(LMMS_STAMP): pyproject.toml constraints.txt constraints-lmms-eval.txt .ci/lmms
 	touch $(LMMS_STAMP)
 
 # everything: oracles, both backends, remote simulation, notebooks, studies, CLI, explorer in a
-# browser, then the lmms-eval integration in its own environment
+# browser, then the lmms-eval integration in its own environment. pytest-xdist spreads each session over
+# the machine's cores (one worker per core, one torch thread per worker: conftest.py); a worker steals
+# the queued tests of another when it runs dry, so the long tests do not leave a core idle.
+XDIST := -n auto --maxprocesses 4 --dist worksteal
 test: $(STAMP) $(LMMS_STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest $(XDIST)
 	# the tests that ship sinklens to a simulated server, in a session without the shape checker (conftest.py)
-	SINKLENS_NO_SHAPE_CHECKS=1 $(PY) -m pytest -m ships
+	SINKLENS_NO_SHAPE_CHECKS=1 $(PY) -m pytest $(XDIST) -m ships
 	$(LMMS_PY) -m pytest tests/test_lmms_eval.py
 
 # the lmms-eval integration's end-to-end tests alone (tests/test_lmms_eval.py skips in .venv)
@@ -63,7 +66,7 @@ test-lmms-eval: $(LMMS_STAMP)
 # the core for a newcomer: ops, run core, interventions, both backends on the tiny models; no test
 # marked slow (toy-llava, subprocesses, notebooks, studies)
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest $(XDIST) -m "not slow" -q
 	SINKLENS_NO_SHAPE_CHECKS=1 $(PY) -m pytest -m "ships and not slow" -q
 
 # execute every notebook in notebooks/ in place and store its outputs (tests/test_notebooks.py then checks

@@ -23,6 +23,13 @@ import os
 import pytest
 from hypothesis import settings
 
+# Under pytest-xdist (`make test` runs `pytest -n auto`) the workers share the machine's cores: each runs torch,
+# and the subprocesses it starts (CLI, studies, notebook kernels), on one thread, set here before any of them
+# imports torch, instead of every worker spreading over every core.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = "1"
+
 SHAPED = ("sinklens.ops", "sinklens.models.spans", "sinklens.run.context")
 SHAPE_CHECKS = os.environ.get("SINKLENS_NO_SHAPE_CHECKS") != "1"
 if SHAPE_CHECKS:
