@@ -52,6 +52,7 @@ import nnsight
 import torch
 from torch import Tensor
 
+from sinklens.backends.shared_prefixes import generate_shared, layout_refusal
 from sinklens.backends.shipping import Remote, check_remote_argument, shipping, trace_options
 from sinklens.errors import CatalogueError, ParameterError
 from sinklens.hf import AttentionRoute
@@ -330,8 +331,6 @@ class NnsightRunner:
         sharing = None
         if prefixes is not None:
             prefixes.check(interventions)
-            from sinklens.backends.shared_prefixes import generate_shared, layout_refusal
-
             reason = refusal(ordered_hooks(interventions, run.ctx), remote=remote is not False)
             reason = reason or layout_refusal(self.loaded, run)
             if not reason:

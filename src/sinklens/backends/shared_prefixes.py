@@ -16,8 +16,11 @@ prefix-safe and the run is local (`sinklens.run.prefixes`). The steps:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+from torch import Tensor
 
 from sinklens.models.prefixes import PromptParts, batch_prefixes, continuation, continue_positions, split_prompts
 from sinklens.run import Members, RunContext, RunInputs, RunSpec, finish_generation, make_context, plan
@@ -26,12 +29,27 @@ from sinklens.run.prefixes import (
 )
 
 if TYPE_CHECKING:
-    from sinklens.backends.nnsight_backend import NnsightRunner
-    from sinklens.run import GenerationResult
+    from sinklens.models.loaded import LoadedModel
+    from sinklens.run import GenerationResult, Plan
+
+
+class CachingRunner(Protocol):
+    """What sharing needs of a backend (`NnsightRunner` is one): a traced forward that returns its KV
+    cache, and greedy decoding from a given cache. Named here so this module does not import its caller."""
+
+    loaded: LoadedModel
+
+    def trace(
+        self, inputs: Mapping[str, Tensor], ctx: RunContext, points: Plan, **model_kwargs: Any
+    ) -> tuple[Tensor, Any]: ...
+
+    def decode(
+        self, inputs: Mapping[str, Tensor], ctx: RunContext, interventions: Members, steps: int, **model_kwargs: Any
+    ) -> list[Tensor]: ...
 
 
 def generate_shared(
-    runner: NnsightRunner, run: RunInputs, interventions: Members, steps: int, store: PrefixStore
+    runner: CachingRunner, run: RunInputs, interventions: Members, steps: int, store: PrefixStore
 ) -> GenerationResult:
     """Greedy generation of a run's prompts, each continuing from its image prefix's cache."""
     from transformers import DynamicCache
@@ -86,7 +104,7 @@ def _pass_of_rows(ctx: RunContext, n_rows: int) -> list[str]:
 
 
 def _run_prefixes(
-    runner: NnsightRunner, group: list[PromptParts], interventions: Members, store: PrefixStore, *, keep: list[str],
+    runner: CachingRunner, group: list[PromptParts], interventions: Members, store: PrefixStore, *, keep: list[str],
     pass_name: str, passes: Any,
 ) -> None:
     """Run prefixes of one length (and one pass) under the stack; keep each one's cache and findings."""
@@ -105,7 +123,7 @@ def _run_prefixes(
         store.put(part.key, prefix, keep=keep)
 
 
-def _continuation_context(runner: NnsightRunner, run: RunInputs, layout: Any, prefixes: list[CachedPrefix]) -> RunContext:
+def _continuation_context(runner: CachingRunner, run: RunInputs, layout: Any, prefixes: list[CachedPrefix]) -> RunContext:
     """The context of a continuation: spans over the full layout, the prefixes' findings, the suffix rows held."""
     loaded = runner.loaded
     inputs = {**layout.inputs, **layout.images}

@@ -206,9 +206,16 @@ def build_toy_llava(
         from sinklens.builtin.lora import load_adapter, merge_adapter
 
         state = merge_adapter(state, *load_adapter(adapter))
+    _load_fitting(model, state, with_projector=bool(projector))
+    model.tie_weights()
+    return model.eval(), processor
+
+
+def _load_fitting(model: Any, state: dict[str, Any], *, with_projector: bool) -> None:
+    """Load `state` into `model`: every weight must fit, but the tied head (and an untrained projector)."""
     missing, unexpected = model.load_state_dict(state, strict=False)
     expected_missing = {"lm_head.weight"} | (
-        set() if projector else {k for k in model.state_dict() if k.startswith("model.multi_modal_projector.")}
+        set() if with_projector else {k for k in model.state_dict() if k.startswith("model.multi_modal_projector.")}
     )
     if set(missing) - expected_missing or unexpected:
         raise CacheError(
@@ -216,8 +223,6 @@ def build_toy_llava(
             "delete the cache folder (SINKLENS_CACHE, else ~/.cache/sinklens) so that it is rebuilt, and reinstall "
             "sinklens if its trained weights (sinklens/weights) were changed"
         )
-    model.tie_weights()
-    return model.eval(), processor
 
 
 def _pretrained_state(lm_state: dict[str, Any], vision_state: dict[str, Any], vision_config: Any) -> dict[str, Any]:
